@@ -1,0 +1,77 @@
+"""One session per job. `nox` with no arguments runs what CI runs (see README)."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "typecheck", "proto_check", "tests", "kernel"]
+
+PACKAGES = ["packages/proto", "packages/control-plane", "packages/node-agent"]
+TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.23", "hypothesis>=6", "pytest-timeout", "pyyaml"]
+PYTHON = "3.11"
+
+
+def install_project(session: nox.Session) -> None:
+    session.install(*[f"-e{p}" for p in PACKAGES], *TEST_DEPS)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Unit and integration tests (real server and agent processes on loopback)."""
+    install_project(session)
+    session.run("pytest", "tests/unit", "tests/integration", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def kernel(session: nox.Session) -> None:
+    """Real-kernel tests: boots a Debian kernel with IPVS in a VM (virtme-ng) and runs tests/kernel there."""
+    install_project(session)
+    session.install("virtme-ng")
+    session.run("python", "tests/kernel/run_in_vm.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff format --check and ruff check."""
+    session.install("ruff")
+    session.run("ruff", "format", "--check", ".")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the three packages."""
+    install_project(session)
+    session.install("mypy", "types-PyYAML")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def proto(session: nox.Session) -> None:
+    """Regenerate the betterproto code from packages/proto/proto."""
+    session.install("betterproto[compiler]==2.0.0b7", "grpcio-tools")
+    session.run("python", "tools/gen_proto.py")
+
+
+@nox.session(python=PYTHON)
+def proto_check(session: nox.Session) -> None:
+    """Fail if the committed generated proto code differs from a fresh generation."""
+    session.install("betterproto[compiler]==2.0.0b7", "grpcio-tools")
+    session.run("python", "tools/gen_proto.py", "--check")
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Start a control plane, an agent and three backends on loopback, and show traffic through a VIP."""
+    session.install(*[f"-e{p}" for p in PACKAGES])
+    session.run("python", "tools/demo.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks that print tables (latency, reconcile time); `-- kernel` adds the VM figures."""
+    install_project(session)
+    session.install("virtme-ng")
+    session.run("python", "tests/bench/run.py", *session.posargs)
