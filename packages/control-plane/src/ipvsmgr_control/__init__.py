@@ -1,0 +1,1 @@
+"""ipvsmgr control plane: Raft-replicated desired state, REST API and agent streams."""

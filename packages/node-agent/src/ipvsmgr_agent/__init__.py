@@ -1,0 +1,1 @@
+"""ipvsmgr node agent: makes this node's IPVS table and VIP addresses match the control plane."""
