@@ -1,0 +1,119 @@
+"""`ipvsmgr node ...` and `ipvsmgr cluster status`: what the agents applied and who leads the control plane."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ._client import Response
+from ._context import Context, add_command, add_group, add_if_match
+from ._output import cell, key_values, labels, table
+
+NODE_EXAMPLES = """\
+examples:
+  ipvsmgr node list              # '!' marks nodes behind the cluster revision or disconnected
+  ipvsmgr node get lb1
+  ipvsmgr node delete lb3        # forget a decommissioned node
+"""
+
+CLUSTER_EXAMPLES = """\
+examples:
+  ipvsmgr cluster status
+  ipvsmgr --endpoints http://10.0.0.1:8010,http://10.0.0.2:8010 cluster status
+"""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
+    """Add the `node` and `cluster` command groups."""
+    nodes = add_group(sub, "node", "inspect the nodes registered by their agents", NODE_EXAMPLES)
+    add_command(nodes, "list", _list, parents, "list nodes with their applied revision", NODE_EXAMPLES)
+    add_command(nodes, "get", _get, parents, "show one node").add_argument("id")
+    delete = add_command(nodes, "delete", _delete, parents, "forget a node")
+    delete.add_argument("id")
+    add_if_match(delete)
+    cluster = add_group(sub, "cluster", "inspect the control-plane cluster", CLUSTER_EXAMPLES)
+    add_command(cluster, "status", _status, parents, "members, leader, term and revision", CLUSTER_EXAMPLES)
+
+
+def _cluster_revision(resp: Response) -> int | None:
+    body = resp.body if isinstance(resp.body, dict) else {}
+    revision = body.get("revision", resp.revision)
+    return revision if isinstance(revision, int) else resp.revision
+
+
+def _list(ctx: Context, args: argparse.Namespace) -> int:
+    resp = ctx.client.get("v1", "nodes")
+    revision = _cluster_revision(resp)
+    ctx.show_items(resp.body, "nodes", lambda items: nodes_table(items, revision))
+    return 0
+
+
+def sync_text(node: dict[str, Any], revision: int | None) -> str:
+    """`ok`, `! 3 behind` or `! disconnected`; the `!` is what makes a lagging node stand out."""
+    if not node.get("connected"):
+        return "! disconnected"
+    applied = node.get("applied_revision")
+    if revision is None or not isinstance(applied, int):
+        return "?"
+    return "ok" if applied >= revision else f"! {revision - applied} behind"
+
+
+def nodes_table(nodes: list[dict[str, Any]], revision: int | None) -> str:
+    """Applied revision next to the cluster's, with a SYNC column that flags laggards."""
+    headers = ("ID", "CONNECTED", "APPLIED", "CLUSTER", "SYNC", "DATAPLANE", "LAST SEEN", "LAST ERROR")
+    rows = [
+        (
+            cell(n.get("id")),
+            cell(bool(n.get("connected"))),
+            cell(n.get("applied_revision")),
+            cell(revision),
+            sync_text(n, revision),
+            cell(n.get("dataplane")),
+            cell(n.get("last_seen")),
+            cell(n.get("last_error")),
+        )
+        for n in nodes
+    ]
+    return table(headers, rows)
+
+
+def _get(ctx: Context, args: argparse.Namespace) -> int:
+    resp = ctx.client.get("v1", "nodes", args.id)
+    ctx.show(resp.body, lambda node: node_details(node, resp.revision))
+    return 0
+
+
+def node_details(node: dict[str, Any], revision: int | None) -> str:
+    """Every field of the node, plus how far it is from the cluster revision."""
+    pairs = [(k.replace("_", " "), labels(v) if k == "labels" else cell(v)) for k, v in node.items()]
+    pairs.append(("sync", f"{sync_text(node, revision)} (cluster revision {cell(revision)})"))
+    return key_values(pairs)
+
+
+def _delete(ctx: Context, args: argparse.Namespace) -> int:
+    resp = ctx.client.request("DELETE", ("v1", "nodes", args.id), if_match=args.if_match)
+    ctx.done(resp, f'node "{args.id}" deleted')
+    return 0
+
+
+def _status(ctx: Context, args: argparse.Namespace) -> int:
+    ctx.show(ctx.client.get("v1", "cluster").body, cluster_details)
+    return 0
+
+
+def cluster_details(status: dict[str, Any]) -> str:
+    """Leader/term/indexes, then one row per member."""
+    keys = ("name", "leader", "term", "revision", "commit_index", "applied_index")
+    head = key_values((k.replace("_", " "), cell(status.get(k))) for k in keys)
+    headers = ("MEMBER", "ROLE", "VOTER", "PEER ADDRESS", "API ADDRESS")
+    rows = [
+        (
+            cell(m.get("name")),
+            cell(m.get("role")),
+            cell(m.get("voter")),
+            cell(m.get("peer_address")),
+            cell(m.get("api_address")),
+        )
+        for m in status.get("members") or []
+    ]
+    return head + "\n\n" + table(headers, rows)
