@@ -1,0 +1,102 @@
+"""The grpclib AgentService: node streams, reports and lease keep-alives."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from grpclib import GRPCError, Status
+
+from ipvsmgr_proto import v1
+
+from ..raft import Consensus, NoQuorum, NotLeader
+from ..state import StateStore, ValidationError, WriteRejected, schema
+from ._registry import NodeRegistry
+from ._streams import delta, full_state
+
+log = structlog.get_logger(__name__)
+LEASE_TTL = 3.0
+
+
+class AgentApi(v1.AgentServiceBase):
+    def __init__(self, store: StateStore, consensus: Consensus, registry: NodeRegistry) -> None:
+        self.store, self.consensus, self.registry = store, consensus, registry
+        self.server = consensus.name
+
+    async def watch(self, watch_request: v1.WatchRequest) -> AsyncIterator[v1.StateUpdate]:
+        req = watch_request
+        node = _checked_node(req)
+        await self._register(node)
+        sub = self.store.hub.subscribe()
+        self.registry.connected(node["id"], +1)
+        bound = log.bind(node=node["id"], from_revision=req.from_revision)
+        bound.info("agent stream opened")
+        try:
+            update = await self._first_update(req)
+            sent = update.revision
+            yield update
+            while True:
+                batch = await sub.next()
+                if batch is None:  # fell behind: start over with a full state
+                    self.store.hub.unsubscribe(sub)
+                    sub = self.store.hub.subscribe()
+                    update = full_state(self.store, req.labels, self.server)
+                elif batch.revision <= sent:
+                    continue
+                else:
+                    update = delta(self.store, [batch], req.labels, self.server) or full_state(
+                        self.store, req.labels, self.server
+                    )
+                sent = update.revision
+                yield update
+        finally:
+            self.store.hub.unsubscribe(sub)
+            self.registry.connected(node["id"], -1)
+            bound.info("agent stream closed")
+
+    async def _first_update(self, req: v1.WatchRequest) -> v1.StateUpdate:
+        """Deltas after the agent's revision when the history still has them, else the full state."""
+        if 0 < req.from_revision <= self.store.revision:
+            batches = await self.store.changes_after(req.from_revision)
+            if batches == []:
+                return v1.StateUpdate(revision=self.store.revision, delta=v1.Delta(), server=self.server)
+            if batches:
+                update = delta(self.store, batches, req.labels, self.server)
+                if update is not None:
+                    return update
+        return full_state(self.store, req.labels, self.server)
+
+    async def _register(self, node: dict[str, Any]) -> None:
+        """Record the node's identity through the log when it is new or changed."""
+        current = self.store.get("node", node["id"])
+        if current is not None and all(current.get(k) == v for k, v in node.items()):
+            return
+        command = {"op": "put", "kind": "node", "key": node["id"], "object": node}
+        try:
+            await self.consensus.propose(json.dumps(command).encode())
+        except (NotLeader, NoQuorum, WriteRejected) as exc:  # streaming must not depend on a writable log
+            log.warning("node registration deferred", node=node["id"], reason=str(exc))
+
+    async def report(self, report_request: v1.ReportRequest) -> v1.ReportResponse:
+        req = report_request
+        _checked_node(v1.WatchRequest(node_id=req.node_id))
+        self.registry.report(req.node_id, req.applied_revision, list(req.errors), req.dataplane)
+        return v1.ReportResponse(revision=self.store.revision)
+
+    async def keep_alive(
+        self, keep_alive_request_iterator: AsyncIterator[v1.KeepAliveRequest]
+    ) -> AsyncIterator[v1.KeepAliveResponse]:
+        """Acknowledge each keep-alive; the quorum lease of floating VIPs is built on these."""
+        async for req in keep_alive_request_iterator:
+            self.registry.seen(req.node_id)
+            yield v1.KeepAliveResponse(seq=req.seq, server=self.server, ttl=LEASE_TTL)
+
+
+def _checked_node(req: v1.WatchRequest) -> dict[str, Any]:
+    try:
+        return schema.node_registration({"id": req.node_id, "labels": dict(req.labels), "addresses": req.addresses})
+    except ValidationError as exc:
+        raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+

@@ -1,0 +1,110 @@
+"""HTTP plumbing shared by every route: problem+json errors, bodies, preconditions, proposals."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+import yaml
+from aiohttp import web
+
+from ..raft import NoQuorum, NotLeader
+from ..state import REJECTIONS, FieldError, StateStore, ValidationError, WriteRejected
+from ._keys import CONSENSUS, STORE
+
+log = structlog.get_logger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REVISION_HEADER = "X-Ipvsmgr-Revision"
+PROBLEM_TYPE = "application/problem+json"
+
+
+def problem(status: int, title: str, detail: str, errors: list[FieldError] | None = None, **extra: Any) -> web.Response:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    if errors:
+        body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
+    return web.Response(status=status, text=json.dumps(body), content_type=PROBLEM_TYPE)
+
+
+def bad_request(field: str, message: str) -> ValidationError:
+    return ValidationError([FieldError(field, message)])
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes problem+json with a human sentence; bad input is never a 500."""
+    try:
+        response = await handler(request)
+    except ValidationError as exc:
+        response = problem(400, "Invalid request", f"The request is invalid: {exc}", exc.errors)
+    except WriteRejected as exc:
+        response = problem(exc.status, exc.slug.replace("-", " ").capitalize(), exc.detail)
+    except (NoQuorum, NotLeader) as exc:
+        response = problem(503, "No quorum", f"The cluster cannot accept this now: {exc}")
+        response.headers["Retry-After"] = "1"
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = problem(exc.status, exc.reason, exc.text or exc.reason)
+    except Exception:
+        log.exception("unhandled error", path=request.path, method=request.method)
+        response = problem(500, "Internal error", "The server failed; the error is in its log")
+    if not response.prepared:
+        response.headers[REVISION_HEADER] = str(request.app[STORE].revision)
+    return response
+
+
+async def read_body(request: web.Request) -> Any:
+    """JSON (or YAML, for config files) request body, with a 400 naming the problem."""
+    text = await request.text()
+    if not text.strip():
+        raise bad_request("body", "is empty; a JSON object is required")
+    try:
+        if "yaml" in request.content_type:
+            return yaml.safe_load(text)
+        return json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise bad_request("body", f"is not valid {'YAML' if 'yaml' in request.content_type else 'JSON'}: {exc}")
+
+
+def if_match(request: web.Request) -> int | None:
+    raw = request.headers.get("If-Match")
+    if raw is None:
+        return None
+    value = raw.strip().strip('"')
+    if not value.isdigit():
+        raise bad_request("If-Match", f"must be a mod_revision number, got {raw!r}")
+    return int(value)
+
+
+async def propose(request: web.Request, command: dict[str, Any]) -> dict[str, Any]:
+    """Order a command through consensus; the state machine's refusal becomes the HTTP error."""
+    result: dict[str, Any] = await request.app[CONSENSUS].propose(json.dumps(command).encode())
+    if "error" in result:
+        rejection = REJECTIONS.get(result["error"])
+        if rejection is None:
+            raise ValueError(result["detail"])
+        raise rejection(result["detail"])
+    return result
+
+
+async def readable(request: web.Request) -> StateStore:
+    """The state, after a ReadIndex barrier unless the client asked for a stale read."""
+    consistency = request.query.get("consistency", "linearizable")
+    if consistency not in ("linearizable", "stale"):
+        raise bad_request("consistency", "must be linearizable or stale")
+    if consistency == "linearizable":
+        await request.app[CONSENSUS].read_barrier()
+    return request.app[STORE]
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, separators=(",", ":")))
+
+
+def bool_query(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0", ""):
+        raise bad_request(name, "must be true or false")
+    return value in ("true", "1", "")

@@ -1,0 +1,186 @@
+"""The OpenAPI 3.1 description served at /openapi.json, built from small schema pieces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ..state import schema
+from ._http import json_response
+
+J = dict[str, Any]
+
+
+def _ref(name: str) -> J:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(s: J) -> J:
+    return {"anyOf": [s, {"type": "null"}]}
+
+
+IP = {"type": "string", "description": "IPv4 or IPv6 address"}
+PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+REVISIONS = {"create_revision": {"type": "integer", "readOnly": True}, "mod_revision": {"type": "integer", "readOnly": True}}
+NAME = {"type": "string", "pattern": schema.NAME_RE.pattern}
+
+
+def _enum(values: tuple[str, ...]) -> J:
+    return {"type": "string", "enum": list(values)}
+
+
+BACKEND = {
+    "type": "object",
+    "required": ["address", "port"],
+    "additionalProperties": False,
+    "properties": {
+        "address": IP,
+        "port": {"type": "integer", "minimum": 0, "maximum": 65535},
+        "weight": {"type": "integer", "minimum": 0, "maximum": 65535, "default": 1},
+        "forwarding": _nullable(_enum(schema.FORWARDING)),
+        "state": _enum(schema.BACKEND_STATES),
+        **REVISIONS,
+    },
+}
+SERVICE = {
+    "type": "object",
+    "required": ["name"],
+    "additionalProperties": False,
+    "properties": {
+        "name": NAME,
+        "vip": _nullable(IP),
+        "port": {"type": "integer", "minimum": 0, "maximum": 65535},
+        "protocol": _nullable(_enum(schema.PROTOCOLS)),
+        "fwmark": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+        "scheduler": _enum(schema.SCHEDULERS),
+        "persistence": _nullable({"type": "object", "properties": {"timeout": {"type": "integer"}, "netmask": {}}}),
+        "forwarding": _enum(schema.FORWARDING),
+        "health_check": _nullable({"type": "object", "required": ["type"], "properties": {"type": _enum(schema.CHECK_TYPES)}}),
+        "on_backend_failure": _enum(("drain", "remove")),
+        "sorry_backend": _nullable({"type": "object", "required": ["address", "port"], "properties": {"address": IP, "port": PORT}}),
+        "quorum": {"type": "integer", "minimum": 0},
+        "backends": {"type": "array", "items": _ref("Backend")},
+        **REVISIONS,
+    },
+}
+VIP = {
+    "type": "object",
+    "required": ["address"],
+    "additionalProperties": False,
+    "properties": {
+        "address": IP,
+        "group": NAME,
+        "mode": _enum(schema.VIP_MODES),
+        "preferred_node": _nullable(NAME),
+        "preempt": {"type": "boolean"},
+        **REVISIONS,
+    },
+}
+VIP_GROUP = {
+    "type": "object",
+    "required": ["name"],
+    "additionalProperties": False,
+    "properties": {
+        "name": NAME,
+        "node_selector": {"type": "object", "additionalProperties": {"type": "string"}},
+        "lease_ttl": {"type": "number", "exclusiveMinimum": 0},
+        "max_vips_per_node": {"type": "integer", "minimum": 0},
+        **REVISIONS,
+    },
+}
+NODE = {"type": "object", "properties": {"id": NAME, "labels": {"type": "object"}, "applied_revision": {"type": "integer"}}}
+PROBLEM = {
+    "type": "object",
+    "required": ["title", "status", "detail"],
+    "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"}},
+}
+ERRORS = {
+    str(code): {"description": text, "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+    for code, text in ((400, "invalid input"), (404, "not found"), (409, "conflict"), (412, "If-Match failed"), (503, "no quorum"))
+}
+
+
+def _ok(status: int, s: J | None, text: str = "OK") -> J:
+    body = {"description": text}
+    if s is not None:
+        body["content"] = {"application/json": {"schema": s}}  # type: ignore[assignment]
+    return {str(status): body, **ERRORS}
+
+
+def _list_of(name: str) -> J:
+    return {"type": "object", "properties": {"items": {"type": "array", "items": _ref(name)}, "revision": {"type": "integer"}}}
+
+
+def _body(s: J) -> J:
+    return {"required": True, "content": {"application/json": {"schema": s}}}
+
+
+def _crud(path: str, key: str, name: str) -> J:
+    param = [{"name": key, "in": "path", "required": True, "schema": {"type": "string"}}]
+    if_match = [{"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"}}]
+    return {
+        path: {
+            "get": {"summary": f"List {name}s", "responses": _ok(200, _list_of(name))},
+            "post": {"summary": f"Create a {name}", "requestBody": _body(_ref(name)), "responses": _ok(201, _ref(name))},
+        },
+        f"{path}/{{{key}}}": {
+            "parameters": param,
+            "get": {"summary": f"Get a {name}", "responses": _ok(200, _ref(name))},
+            "put": {"summary": f"Replace a {name}", "parameters": if_match, "requestBody": _body(_ref(name)), "responses": _ok(200, _ref(name))},
+            "patch": {"summary": f"Merge-patch a {name}", "parameters": if_match, "requestBody": _body({"type": "object"}), "responses": _ok(200, _ref(name))},
+            "delete": {"summary": f"Delete a {name}", "parameters": if_match, "responses": _ok(204, None, "deleted")},
+        },
+    }
+
+
+def document() -> J:
+    paths: J = {}
+    paths.update(_crud("/v1/services", "name", "Service"))
+    paths.update(_crud("/v1/services/{name}/backends", "backend", "Backend"))
+    paths.update(_crud("/v1/vips", "address", "Vip"))
+    paths.update(_crud("/v1/vip-groups", "name", "VipGroup"))
+    for p in ("/v1/services/{name}/backends", "/v1/services/{name}/backends/{backend}"):
+        paths[p]["parameters"] = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}] + paths[p].get("parameters", [])
+    paths["/v1/nodes"] = {"get": {"summary": "List nodes", "responses": _ok(200, _list_of("Node"))}}
+    paths["/v1/nodes/{id}"] = {
+        "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "get": {"summary": "Get a node", "responses": _ok(200, _ref("Node"))},
+        "delete": {"summary": "Forget a node", "responses": _ok(204, None, "deleted")},
+    }
+    paths["/v1/apply"] = {
+        "post": {
+            "summary": "Declarative apply of a whole config",
+            "parameters": [{"name": "dry_run", "in": "query", "schema": {"type": "boolean"}}],
+            "requestBody": _body({"type": "object"}),
+            "responses": _ok(200, {"type": "object"}),
+        }
+    }
+    paths["/v1/watch"] = {
+        "get": {
+            "summary": "Server-Sent Events of every change",
+            "parameters": [{"name": "from_revision", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
+            "responses": {"200": {"description": "event stream", "content": {"text/event-stream": {}}}},
+        }
+    }
+    paths["/v1/cluster"] = {"get": {"summary": "Cluster status", "responses": _ok(200, {"type": "object"})}}
+    paths["/v1/cluster/snapshot"] = {"get": {"summary": "Consistent backup of the state", "responses": {"200": {"description": "SQLite database"}}}}
+    for p in ("/healthz", "/readyz"):
+        paths[p] = {"get": {"summary": p[1:], "responses": {"200": {"description": "OK"}, "503": {"description": "not ready"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "ipvsmgr", "version": "1", "description": "Virtual IPs and IPVS load balancing for a fleet"},
+        "paths": paths,
+        "components": {
+            "schemas": {"Service": SERVICE, "Backend": BACKEND, "Vip": VIP, "VipGroup": VIP_GROUP, "Node": NODE, "Problem": PROBLEM}
+        },
+    }
+
+
+def routes() -> list[web.RouteDef]:
+    doc = document()
+
+    async def openapi(request: web.Request) -> web.Response:
+        return json_response(doc)
+
+    return [web.get("/openapi.json", openapi)]

@@ -1,0 +1,74 @@
+"""Revisions and the changes they carry, as watchers (SSE, agent streams) consume them."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+Obj = dict[str, Any]
+KINDS = ("service", "vip", "vip_group", "node")
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str
+    key: str
+    op: str  # put | delete
+    object: Obj | None  # the new object for put, the last one for delete
+
+
+@dataclass(frozen=True)
+class ChangeBatch:
+    """Everything one revision changed: one command, applied atomically."""
+
+    revision: int
+    changes: list[Change] = field(default_factory=list)
+
+
+class Subscription:
+    """One watcher's queue; when it falls too far behind it is told to resync instead of growing."""
+
+    def __init__(self, limit: int) -> None:
+        self.queue: asyncio.Queue[ChangeBatch] = asyncio.Queue(limit)
+        self.overflowed = False
+
+    def offer(self, batch: ChangeBatch) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(batch)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            self.queue = asyncio.Queue(1)  # free the backlog; the reader sees `overflowed`
+            self.queue.put_nowait(ChangeBatch(-1))
+
+    async def next(self) -> ChangeBatch | None:
+        """The next batch, or None when the watcher must start over from a full state."""
+        batch = await self.queue.get()
+        return None if self.overflowed else batch
+
+
+class WatchHub:
+    """Fans applied revisions out to every subscriber without blocking the state machine."""
+
+    def __init__(self, queue_limit: int = 10_000) -> None:
+        self._subs: set[Subscription] = set()
+        self._limit = queue_limit
+
+    def subscribe(self) -> Subscription:
+        sub = Subscription(self._limit)
+        self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+
+    def publish(self, batches: list[ChangeBatch]) -> None:
+        for sub in self._subs:
+            for batch in batches:
+                sub.offer(batch)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)

@@ -1,0 +1,338 @@
+"""Validation and normalisation of the objects operators write.
+
+Everything is checked before it is proposed, so a bad request costs no log entry and
+never reaches the state machine. Normalised output has every field, with defaults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from ._errors import FieldError, ValidationError
+
+Obj = dict[str, Any]
+
+SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf", "twos")
+PROTOCOLS = ("tcp", "udp", "sctp")
+FORWARDING = ("nat", "dr", "tunnel")
+BACKEND_STATES = ("enabled", "draining", "disabled")
+CHECK_TYPES = ("tcp", "http", "https", "udp", "dns", "script")
+VIP_MODES = ("all-nodes", "floating")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+READ_ONLY = ("create_revision", "mod_revision")
+
+
+class Checker:
+    """Collects field errors under a path prefix so one response names every bad field."""
+
+    def __init__(self, body: Any, path: str = "", errors: list[FieldError] | None = None) -> None:
+        self.errors: list[FieldError] = [] if errors is None else errors
+        self.path = path
+        self.body: Obj = body if isinstance(body, dict) else {}
+        if not isinstance(body, dict):
+            self.fail("", "must be a JSON object")
+
+    def field(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path and name else (self.path or name)
+
+    def fail(self, name: str, message: str) -> None:
+        self.errors.append(FieldError(self.field(name) or "body", message))
+
+    def child(self, name: str, body: Any) -> Checker:
+        return Checker(body, self.field(name), self.errors)
+
+    def unknown(self, allowed: tuple[str, ...]) -> None:
+        for name in self.body:
+            if name not in allowed and name not in READ_ONLY:
+                self.fail(name, "unknown field")
+
+    def get(self, name: str, parse: Callable[[Any], Any], default: Any = None, required: bool = False) -> Any:
+        value = self.body.get(name)
+        if value is None:
+            if required:
+                self.fail(name, "is required")
+            return default
+        try:
+            return parse(value)
+        except (ValueError, TypeError) as exc:
+            self.fail(name, str(exc))
+            return default
+
+    def raise_if_failed(self) -> None:
+        if self.errors:
+            raise ValidationError(self.errors)
+
+
+def ip(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("must be an IP address string")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a valid IPv4 or IPv6 address") from None
+
+
+def integer(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError("must be an integer")
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def number(lo: float, hi: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise TypeError("must be a number")
+        if not lo < value <= hi:
+            raise ValueError(f"must be greater than {lo} and at most {hi}, got {value}")
+        return float(value)
+
+    return parse
+
+
+def choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {value!r}")
+        return str(value)
+
+    return parse
+
+
+def name(value: Any) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return value
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError("must be true or false")
+    return value
+
+
+def labels(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise TypeError("must be an object of string keys to string values")
+    return dict(value)
+
+
+PORT = integer(1, 65535)
+WEIGHT = integer(0, 65535)
+FWMARK = integer(1, 2**32 - 1)
+BACKEND_FIELDS = ("address", "port", "weight", "forwarding", "state")
+
+
+def backend(body: Any, path: str = "", errors: list[FieldError] | None = None, port_zero: bool = False) -> Obj:
+    """Normalise one backend; `port_zero` is allowed for fwmark services (keep the client's port)."""
+    c = Checker(body, path, errors)
+    c.unknown(BACKEND_FIELDS)
+    out: Obj = {
+        "address": c.get("address", ip, required=True),
+        "port": c.get("port", integer(0 if port_zero else 1, 65535), required=True),
+        "weight": c.get("weight", WEIGHT, 1),
+        "forwarding": c.get("forwarding", choice(FORWARDING)),
+        "state": c.get("state", choice(BACKEND_STATES), "enabled"),
+    }
+    if errors is None:
+        c.raise_if_failed()
+    return out
+
+
+SERVICE_FIELDS = (
+    "name",
+    "vip",
+    "port",
+    "protocol",
+    "fwmark",
+    "scheduler",
+    "persistence",
+    "forwarding",
+    "health_check",
+    "on_backend_failure",
+    "sorry_backend",
+    "quorum",
+    "backends",
+)
+
+
+def service(body: Any, path: str = "") -> Obj:
+    """Normalise a service with its backends; raise ValidationError naming every bad field."""
+    c = Checker(body, path)
+    c.unknown(SERVICE_FIELDS)
+    fwmark = c.get("fwmark", integer(0, 2**32 - 1), 0)
+    out: Obj = {
+        "name": c.get("name", name, required=True),
+        "vip": c.get("vip", ip, required=not fwmark),
+        "port": 0 if fwmark else c.get("port", PORT, required=True),
+        "protocol": None if fwmark else c.get("protocol", choice(PROTOCOLS), "tcp"),
+        "fwmark": fwmark,
+        "scheduler": c.get("scheduler", choice(SCHEDULERS), "wlc"),
+        "persistence": _persistence(c),
+        "forwarding": c.get("forwarding", choice(FORWARDING), "nat"),
+        "health_check": _health_check(c),
+        "on_backend_failure": c.get("on_backend_failure", choice(("drain", "remove")), "drain"),
+        "sorry_backend": _sorry_backend(c),
+        "quorum": c.get("quorum", integer(0, 1_000_000), 0),
+        "backends": _backends(c, port_zero=bool(fwmark)),
+    }
+    if fwmark and c.body.get("port") not in (None, 0):
+        c.fail("port", "must be omitted for a fwmark service (the mark selects the traffic)")
+    _check_families(c, out)
+    c.raise_if_failed()
+    return out
+
+
+def _persistence(c: Checker) -> Obj | None:
+    raw = c.body.get("persistence")
+    if raw is None:
+        return None
+    p = c.child("persistence", raw)
+    p.unknown(("timeout", "netmask"))
+    return {"timeout": p.get("timeout", integer(1, 2**31 - 1), 300), "netmask": p.get("netmask", _netmask)}
+
+
+def _netmask(value: Any) -> str:
+    text = str(value)
+    if text.isdigit() and int(text) <= 128:
+        return text
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ValueError(f"{value!r} is neither an IPv4 netmask nor an IPv6 prefix length") from None
+
+
+def _health_check(c: Checker) -> Obj | None:
+    raw = c.body.get("health_check")
+    if raw is None:
+        return None
+    h = c.child("health_check", raw)
+    out = dict(h.body)
+    out["type"] = h.get("type", choice(CHECK_TYPES), required=True)
+    out["interval"] = h.get("interval", number(0, 3600), 2.0)
+    out["timeout"] = h.get("timeout", number(0, 3600), 1.0)
+    out["rise"] = h.get("rise", integer(1, 100), 2)
+    out["fall"] = h.get("fall", integer(1, 100), 3)
+    if "port" in out:
+        out["port"] = h.get("port", PORT)
+    if out["type"] == "script" and not isinstance(out.get("command"), str | list):
+        h.fail("command", "is required for a script check (a string or a list of arguments)")
+    if "path" in out and not (isinstance(out["path"], str) and out["path"].startswith("/")):
+        h.fail("path", "must start with '/'")
+    return out
+
+
+def _sorry_backend(c: Checker) -> Obj | None:
+    raw = c.body.get("sorry_backend")
+    if raw is None:
+        return None
+    s = c.child("sorry_backend", raw)
+    s.unknown(("address", "port", "weight", "forwarding"))
+    return {"address": s.get("address", ip, required=True), "port": s.get("port", PORT, required=True)}
+
+
+def _backends(c: Checker, port_zero: bool) -> list[Obj]:
+    raw = c.body.get("backends", [])
+    if not isinstance(raw, list):
+        c.fail("backends", "must be a list")
+        return []
+    out = [backend(b, c.field(f"backends[{i}]"), c.errors, port_zero) for i, b in enumerate(raw)]
+    seen: set[tuple[str, int]] = set()
+    for i, b in enumerate(out):
+        if (b["address"], b["port"]) in seen:
+            c.fail(f"backends[{i}]", f"duplicate backend {b['address']}:{b['port']}")
+        seen.add((b["address"], b["port"]))
+    return out
+
+
+def _check_families(c: Checker, svc: Obj) -> None:
+    """IPVS forwards only within one address family, except tunnel mode; refuse a mix early."""
+    if not svc["vip"]:
+        return
+    family = ipaddress.ip_address(svc["vip"]).version
+    for i, b in enumerate(svc["backends"]):
+        mode = b["forwarding"] or svc["forwarding"]
+        if b["address"] and mode != "tunnel" and ipaddress.ip_address(b["address"]).version != family:
+            c.fail(f"backends[{i}].address", f"is IPv{6 if family == 4 else 4} but the VIP is IPv{family}")
+
+
+def service_with_backend_ids(svc: Obj) -> Obj:
+    """Backends are addressed by `address:port` in paths; keep the list sorted by that id."""
+    svc["backends"] = sorted(svc["backends"], key=lambda b: (b["address"], b["port"]))
+    return svc
+
+
+VIP_FIELDS = ("address", "group", "mode", "preferred_node", "preempt")
+
+
+def vip(body: Any, path: str = "") -> Obj:
+    c = Checker(body, path)
+    c.unknown(VIP_FIELDS)
+    out: Obj = {
+        "address": c.get("address", ip, required=True),
+        "group": c.get("group", name, "default"),
+        "mode": c.get("mode", choice(VIP_MODES), "all-nodes"),
+        "preferred_node": c.get("preferred_node", name),
+        "preempt": c.get("preempt", boolean, False),
+    }
+    c.raise_if_failed()
+    return out
+
+
+VIP_GROUP_FIELDS = ("name", "node_selector", "lease_ttl", "max_vips_per_node")
+
+
+def vip_group(body: Any, path: str = "") -> Obj:
+    c = Checker(body, path)
+    c.unknown(VIP_GROUP_FIELDS)
+    out: Obj = {
+        "name": c.get("name", name, required=True),
+        "node_selector": c.get("node_selector", labels, {}),
+        "lease_ttl": c.get("lease_ttl", number(0, 3600), 3.0),
+        "max_vips_per_node": c.get("max_vips_per_node", integer(0, 1_000_000), 0),
+    }
+    c.raise_if_failed()
+    return out
+
+
+def node_registration(body: Any) -> Obj:
+    """What an agent tells about itself when it connects; stored through the log."""
+    c = Checker(body)
+    out: Obj = {
+        "id": c.get("id", name, required=True),
+        "labels": c.get("labels", labels, {}),
+        "addresses": sorted(c.get("addresses", _address_list, [])),
+    }
+    c.raise_if_failed()
+    return out
+
+
+def _address_list(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise TypeError("must be a list of IP addresses")
+    return [ip(v) for v in value]
+
+
+VALIDATORS: dict[str, Callable[[Any, str], Obj]] = {"service": service, "vip": vip, "vip_group": vip_group}
+KEY_FIELD = {"service": "name", "vip": "address", "vip_group": "name", "node": "id"}
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
