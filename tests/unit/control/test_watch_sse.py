@@ -1,0 +1,58 @@
+"""GET /v1/watch: reset, live changes, resume from a revision, compacted history."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
+
+Client = TestClient  # type: ignore[type-arg]
+
+
+async def next_event(resp: ClientResponse) -> tuple[str, dict[str, Any]]:
+    """Read one SSE event (skipping keep-alive comments)."""
+    event, data = "", ""
+    async with asyncio.timeout(10):
+        while True:
+            line = (await resp.content.readline()).decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = line[6:]
+            elif line == "" and event:
+                return event, json.loads(data)
+
+
+async def create(client: Client, name: str, port: int) -> None:
+    resp = await client.post("/v1/services", json={"name": name, "vip": "10.0.0.1", "port": port})
+    assert resp.status == 201
+
+
+async def test_watch_starts_with_reset_then_streams_changes(client: Client) -> None:
+    await create(client, "a", 80)
+    async with client.get("/v1/watch") as resp:
+        event, data = await next_event(resp)
+        assert event == "reset" and [s["name"] for s in data["services"]] == ["a"] and data["revision"] == 1
+        await create(client, "b", 81)
+        event, data = await next_event(resp)
+        assert (event, data["kind"], data["key"], data["revision"]) == ("put", "service", "b", 2)
+        assert (await client.delete("/v1/services/a")).status == 204
+        event, data = await next_event(resp)
+        assert (event, data["key"], data["object"]["name"]) == ("delete", "a", "a")
+
+
+async def test_watch_resumes_from_a_revision(client: Client) -> None:
+    for i in range(3):
+        await create(client, f"s{i}", 80 + i)
+    async with client.get("/v1/watch?from_revision=2") as resp:
+        assert [(await next_event(resp))[1]["key"] for _ in range(2)] == ["s1", "s2"]
+    async with client.get("/v1/watch", headers={"Last-Event-ID": "2"}) as resp:
+        assert (await next_event(resp))[1]["key"] == "s2"
+
+
+async def test_watch_bad_revision_is_400(client: Client) -> None:
+    resp = await client.get("/v1/watch?from_revision=abc")
+    assert resp.status == 400
