@@ -1,0 +1,58 @@
+"""`ipvsmgr-agent`: parse the configuration, pick a dataplane, run until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from ._agent import Agent
+from ._config import AgentConfig, parse_args
+from ._logging import configure_logging
+from .dataplane._select import DataplaneUnavailable, select_dataplane
+
+EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the process exit status."""
+    config = parse_args(argv)
+    configure_logging(config.log_format, config.log_level)
+    log = structlog.get_logger("ipvsmgr_agent").bind(node=config.node_id)
+    try:
+        return asyncio.run(serve(config))
+    except DataplaneUnavailable as err:
+        log.error("no usable dataplane", error=str(err))
+        return EXIT_UNAVAILABLE
+    except Exception as err:
+        log.exception("agent failed", error=str(err))
+        return EXIT_FAILED
+
+
+async def serve(config: AgentConfig) -> int:
+    """Run one agent; SIGTERM and SIGINT stop it gracefully (rules and addresses stay)."""
+    log = structlog.get_logger("ipvsmgr_agent").bind(node=config.node_id)
+    selection = select_dataplane(config.dataplane)
+    log.info("dataplane selected", dataplane=selection.dataplane.name, reason=selection.reason)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _stopper(stop, sig, log))
+    await Agent(config, selection).run(stop)
+    return EXIT_OK
+
+
+def _stopper(stop: asyncio.Event, sig: signal.Signals, log: Any) -> Callable[[], None]:
+    def handle() -> None:
+        log.info("stopping", signal=sig.name)
+        stop.set()
+
+    return handle
+
+
+if __name__ == "__main__":
+    sys.exit(main())
