@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import signal as signals
 import socket
 import subprocess
 import sys
@@ -53,14 +53,14 @@ class Process:
         log.close()
         return self
 
-    def signal(self, sig: int) -> None:
+    def send(self, sig: int) -> None:
         if self.popen and self.popen.poll() is None:
             os.kill(self.popen.pid, sig)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    def stop(self, sig: int = signals.SIGTERM, timeout: float = 10.0) -> None:
         if self.popen is None or self.popen.poll() is not None:
             return
-        self.signal(sig)
+        self.send(sig)
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -68,7 +68,7 @@ class Process:
             self.popen.wait()
 
     def kill9(self) -> None:
-        self.stop(signal.SIGKILL)
+        self.stop(signals.SIGKILL)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

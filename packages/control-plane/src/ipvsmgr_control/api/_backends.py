@@ -51,13 +51,8 @@ def _check_backend_if_match(request: web.Request, backend: Obj | None) -> None:
 async def _edit(request: web.Request, change: Callable[[Obj], Obj]) -> Obj:
     """Apply `change` to the service holding the backend; returns the stored service."""
     name = request.match_info["key"]
-    result = await update(_without_if_match(request), SERVICE, name, change)
+    result = await update(request, SERVICE, name, change)  # the backend's If-Match is checked in `change`
     return dict(result["object"])
-
-
-def _without_if_match(request: web.Request) -> web.Request:
-    """The backend's If-Match was checked against the backend; the service write uses its own."""
-    return request.clone(headers={k: v for k, v in request.headers.items() if k.lower() != "if-match"})
 
 
 def routes() -> list[web.RouteDef]:

@@ -90,7 +90,7 @@ def routes(kind: Kind) -> list[web.RouteDef]:
     async def patch(request: web.Request) -> web.Response:
         key = kind.canonical_key(request.match_info["key"])
         patch_body = _body_with_key(await read_body(request), kind, key)
-        result = await update(request, kind, key, lambda current: schema.merge_patch(current, patch_body))
+        result = await update(request, kind, key, lambda cur: schema.merge_patch(cur, patch_body), if_match(request))
         return json_response(result["object"])
 
     async def delete(request: web.Request) -> web.Response:
@@ -108,9 +108,13 @@ def routes(kind: Kind) -> list[web.RouteDef]:
     ]
 
 
-async def update(request: web.Request, kind: Kind, key: str, change: Callable[[Obj], Any]) -> dict[str, Any]:
-    """Read-modify-write with optimistic concurrency: the write only lands on the version it was computed from."""
-    wanted = if_match(request)
+async def update(
+    request: web.Request, kind: Kind, key: str, change: Callable[[Obj], Any], wanted: int | None = None
+) -> dict[str, Any]:
+    """Read-modify-write with optimistic concurrency: the write only lands on the version it was computed from.
+
+    `wanted` is the client's If-Match for the object itself, if any.
+    """
     for _ in range(OPTIMISTIC_RETRIES):
         current = get_or_404(request.app[STORE], kind, key)
         if wanted is not None and current["mod_revision"] != wanted:

@@ -73,12 +73,15 @@ class UserspaceDataplane:
     async def close(self) -> None:
         """Stop every listener and drop every connection: the process is ending."""
         async with self._lock:
-            for service in self._services.values():
-                service.frontend.stop()
+            services = list(self._services.values())
             self._services.clear()
+            for service in services:
+                service.frontend.stop()
             for conn in list(self._connections):
                 conn.abort()
-        await asyncio.sleep(0)  # let the transports deliver connection_lost before the loop goes
+            for service in services:
+                await service.frontend.wait_closed()
+        await asyncio.sleep(0)  # let aborted transports deliver connection_lost before the loop goes
 
     async def read(self) -> Table:
         return {key: ServiceState(s.spec, dict(s.dests)) for key, s in self._services.items()}
@@ -92,7 +95,7 @@ class UserspaceDataplane:
                 case SetService(spec):
                     self._set_service(spec)
                 case DelService(key):
-                    self._del_service(key)
+                    await self._del_service(key)
                 case AddDest(service, dest):
                     self._add_dest(service, dest)
                 case SetDest(service, dest):
@@ -138,10 +141,11 @@ class UserspaceDataplane:
         service.pool.configure(spec)
         service.spec = spec
 
-    def _del_service(self, key: ServiceKey) -> None:
+    async def _del_service(self, key: ServiceKey) -> None:
         service = self._get(key)
         del self._services[key]
         service.frontend.stop()
+        await service.frontend.wait_closed()
         log.info("service closed", service=str(key))
 
     def _add_dest(self, key: ServiceKey, dest: DestSpec) -> None:

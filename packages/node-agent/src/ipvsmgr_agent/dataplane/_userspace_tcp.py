@@ -46,6 +46,13 @@ class TcpService:
         if self._server is not None:
             self._server.close()
 
+    async def wait_closed(self) -> None:
+        """Nothing to wait for: the listening socket closes synchronously in stop().
+
+        Server.wait_closed() is avoided on purpose: on newer Pythons it also waits for every
+        accepted connection, which would block a DelService that lets connections finish.
+        """
+
 
 class _Side(asyncio.Protocol):
     """One socket of a proxied pair: what it reads goes to `sink`, the other socket's transport."""

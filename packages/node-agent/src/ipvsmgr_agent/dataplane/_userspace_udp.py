@@ -33,9 +33,11 @@ class UdpService(asyncio.DatagramProtocol):
         self._sweeper: asyncio.Task[None] | None = None
         self._paused = False
         self._warned_full = False
+        self._lost: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._lost = loop.create_future()
         await loop.create_datagram_endpoint(lambda: self, local_addr=(self.key.address, self.key.port))
         self._sweeper = loop.create_task(self._sweep_forever())
 
@@ -48,8 +50,17 @@ class UdpService(asyncio.DatagramProtocol):
         for flow in list(self.flows.values()):
             self.end(flow)
 
+    async def wait_closed(self) -> None:
+        """Return once the VIP socket is really closed, so the same VIP:port can be bound again."""
+        if self._transport is not None and self._lost is not None:
+            await self._lost
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         flow = self.flows.get(addr)
