@@ -123,7 +123,8 @@ def main() -> int:
         status, body = request(api, "POST", "/v1/services", service)
         if status != 201:
             raise SystemExit(f"demo: creating the service failed: {status} {body}")
-        print(f"created service demo-web: VIP {VIP}:{port}, scheduler wrr, weights {weights} (revision {body['mod_revision']})")
+        revision = body["mod_revision"]
+        print(f"created service demo-web: VIP {VIP}:{port}, scheduler wrr, weights {weights} (revision {revision})")
         url = f"http://{VIP}:{port}/"
         wait_for("the agent to serve the VIP", lambda: urllib.request.urlopen(url, timeout=2).status == 200)
         counts: Counter[str] = Counter()

@@ -84,7 +84,9 @@ class Server(Process):
     def url(self) -> str:
         return f"http://{self.api}"
 
-    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
         req.add_header("Content-Type", "application/json")

@@ -9,7 +9,6 @@ from typing import Any
 
 from _support.control_plane import Plane
 from grpclib.testing import ChannelFor
-
 from ipvsmgr_control.agents import AgentApi
 from ipvsmgr_control.state import schema
 from ipvsmgr_proto import v1

@@ -64,7 +64,9 @@ async def test_if_match_makes_writes_conditional(client: Client) -> None:
     svc = await create(client)
     stale = await client.patch("/v1/services/web", json={"scheduler": "rr"}, headers={"If-Match": "99"})
     assert stale.status == 412
-    ok = await client.patch("/v1/services/web", json={"scheduler": "rr"}, headers={"If-Match": str(svc["mod_revision"])})
+    ok = await client.patch(
+        "/v1/services/web", json={"scheduler": "rr"}, headers={"If-Match": str(svc["mod_revision"])}
+    )
     assert ok.status == 200 and (await ok.json())["scheduler"] == "rr"
     gone = await client.delete("/v1/services/web", headers={"If-Match": str(svc["mod_revision"])})
     assert gone.status == 412
@@ -73,7 +75,10 @@ async def test_if_match_makes_writes_conditional(client: Client) -> None:
 
 async def test_put_replaces_backends_whole_and_keeps_unchanged_backend_revisions(client: Client) -> None:
     await create(client)
-    body = {**WEB, "backends": [{"address": "10.1.0.1", "port": 8080, "weight": 3}, {"address": "10.1.0.2", "port": 8080}]}
+    body = {
+        **WEB,
+        "backends": [{"address": "10.1.0.1", "port": 8080, "weight": 3}, {"address": "10.1.0.2", "port": 8080}],
+    }
     resp = await client.put("/v1/services/web", json=body)
     assert resp.status == 200
     backends = {b["address"]: b for b in (await resp.json())["backends"]}

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from _support.control_plane import Plane, open_plane
-
 from ipvsmgr_proto.v1 import LogEntry
 
 
@@ -42,7 +41,7 @@ async def test_acknowledged_writes_survive_restart(tmp_path: Path) -> None:
     await plane.close()
     again = await open_plane(tmp_path)
     try:
-        assert len(again.store.list("service")) == 20 and again.store.revision == 20
+        assert len(again.store.list_of("service")) == 20 and again.store.revision == 20
         assert again.consensus.status().term == 2
     finally:
         await again.close()

@@ -96,10 +96,15 @@ def _from_env(p: argparse.ArgumentParser) -> dict[str, Any]:
         if raw is None:
             continue
         try:
-            out[f.name] = type(f.default)(raw)
+            out[f.name] = _field_type(f.name)(raw)
         except ValueError:
             p.error(f"IPVSMGR_{f.name.upper()}={raw!r} must be a {type(f.default).__name__}")
     return out
+
+
+def _field_type(name: str) -> type:
+    """The type of a setting, from its default (every setting has a plain default)."""
+    return type(getattr(ServerConfig(), name))
 
 
 def split_host_port(text: str) -> tuple[str, int]:

@@ -41,7 +41,7 @@ def _peer_app() -> web.Application:
 
 async def run(config: _config.ServerConfig) -> None:
     data = Path(config.data_dir)
-    data.mkdir(parents=True, exist_ok=True)
+    data.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before serving
     log_store = await SqliteLogStore.open(data / "raft-log.db")
     store = await StateStore.open(data / "state.db", history=config.history)
     api_address = config.listen_api

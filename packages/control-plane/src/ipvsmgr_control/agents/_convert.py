@@ -12,6 +12,12 @@ CHECK_FIELDS = ("type", "interval", "timeout", "rise", "fall")
 
 
 def service_message(svc: Obj) -> v1.Service:
+    # Optional sub-messages are left out when unset, so the agent can tell "none" from "default".
+    optional: dict[str, Any] = {
+        "persistence": _persistence(svc["persistence"]),
+        "health_check": _health_check(svc["health_check"]),
+        "sorry_backend": _sorry(svc["sorry_backend"]),
+    }
     return v1.Service(
         name=svc["name"],
         vip=svc.get("vip") or "",
@@ -19,14 +25,12 @@ def service_message(svc: Obj) -> v1.Service:
         protocol=svc.get("protocol") or "",
         fwmark=svc["fwmark"],
         scheduler=svc["scheduler"],
-        persistence=_persistence(svc["persistence"]),
         forwarding=svc["forwarding"],
-        health_check=_health_check(svc["health_check"]),
         on_backend_failure=svc["on_backend_failure"],
-        sorry_backend=_sorry(svc["sorry_backend"]),
         quorum=svc["quorum"],
         backends=[_backend(b, svc["forwarding"]) for b in svc["backends"]],
         mod_revision=svc["mod_revision"],
+        **{k: v for k, v in optional.items() if v is not None},
     )
 
 

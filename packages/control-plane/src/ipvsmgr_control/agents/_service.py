@@ -8,7 +8,6 @@ from typing import Any
 
 import structlog
 from grpclib import GRPCError, Status
-
 from ipvsmgr_proto import v1
 
 from ..raft import Consensus, NoQuorum, NotLeader
@@ -99,4 +98,3 @@ def _checked_node(req: v1.WatchRequest) -> dict[str, Any]:
         return schema.node_registration({"id": req.node_id, "labels": dict(req.labels), "addresses": req.addresses})
     except ValidationError as exc:
         raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
-

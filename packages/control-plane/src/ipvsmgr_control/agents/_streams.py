@@ -18,13 +18,15 @@ RESHAPING_KINDS = ("vip", "vip_group")
 
 def full_state(store: StateStore, labels: Mapping[str, str], server: str) -> v1.StateUpdate:
     objects = store.objects
-    services = [service_message(s) for s in store.list("service") if service_concerns_node(s, objects, labels)]
-    vips = [vip_message(v) for v in store.list("vip") if vip_concerns_node(v, objects, labels)]
+    services = [service_message(s) for s in store.list_of("service") if service_concerns_node(s, objects, labels)]
+    vips = [vip_message(v) for v in store.list_of("vip") if vip_concerns_node(v, objects, labels)]
     state = v1.DesiredState(services=services, vips=vips)
     return v1.StateUpdate(revision=store.revision, full=state, server=server)
 
 
-def delta(store: StateStore, batches: list[ChangeBatch], labels: Mapping[str, str], server: str) -> v1.StateUpdate | None:
+def delta(
+    store: StateStore, batches: list[ChangeBatch], labels: Mapping[str, str], server: str
+) -> v1.StateUpdate | None:
     """One delta covering `batches` (last change of a service wins), or None if a full state is needed."""
     latest: dict[str, Obj | None] = {}
     for batch in batches:

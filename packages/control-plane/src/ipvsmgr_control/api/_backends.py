@@ -6,12 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-
 from ipvsmgr_proto import backend_id, parse_backend_id
 
 from ..state import Conflict, NotFound, PreconditionFailed, content, schema
-from ._keys import STORE
 from ._http import bad_request, if_match, json_response, read_body, readable
+from ._keys import STORE
 from ._resources import SERVICE, get_or_404, update
 
 Obj = dict[str, Any]

@@ -10,7 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ._http import json_response, readable
-from ._keys import CONSENSUS, STORE
+from ._keys import CONSENSUS
 
 
 def routes() -> list[web.RouteDef]:
@@ -48,4 +48,3 @@ def routes() -> list[web.RouteDef]:
         web.get("/readyz", readyz),
         web.get("/metrics", metrics),
     ]
-

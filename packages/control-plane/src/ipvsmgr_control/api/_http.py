@@ -65,7 +65,8 @@ async def read_body(request: web.Request) -> Any:
             return yaml.safe_load(text)
         return json.loads(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise bad_request("body", f"is not valid {'YAML' if 'yaml' in request.content_type else 'JSON'}: {exc}")
+        kind = "YAML" if "yaml" in request.content_type else "JSON"
+        raise bad_request("body", f"is not valid {kind}: {exc}") from None
 
 
 def if_match(request: web.Request) -> int | None:

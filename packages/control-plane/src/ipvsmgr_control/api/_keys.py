@@ -9,5 +9,5 @@ from ..raft import Consensus
 from ..state import StateStore
 
 STORE = web.AppKey("store", StateStore)
-CONSENSUS = web.AppKey("consensus", Consensus)  # type: ignore[type-abstract]
+CONSENSUS = web.AppKey("consensus", Consensus)
 NODES = web.AppKey("nodes", NodeRegistry)

@@ -12,7 +12,7 @@ from ._keys import NODES
 def routes() -> list[web.RouteDef]:
     async def list_(request: web.Request) -> web.Response:
         store = await readable(request)
-        nodes = [request.app[NODES].describe(n) for n in store.list("node")]
+        nodes = [request.app[NODES].describe(n) for n in store.list_of("node")]
         return json_response({"items": nodes, "revision": store.revision})
 
     async def get(request: web.Request) -> web.Response:

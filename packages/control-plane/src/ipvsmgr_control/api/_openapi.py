@@ -22,7 +22,10 @@ def _nullable(s: J) -> J:
 
 IP = {"type": "string", "description": "IPv4 or IPv6 address"}
 PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
-REVISIONS = {"create_revision": {"type": "integer", "readOnly": True}, "mod_revision": {"type": "integer", "readOnly": True}}
+REVISIONS = {
+    "create_revision": {"type": "integer", "readOnly": True},
+    "mod_revision": {"type": "integer", "readOnly": True},
+}
 NAME = {"type": "string", "pattern": schema.NAME_RE.pattern}
 
 
@@ -56,9 +59,13 @@ SERVICE = {
         "scheduler": _enum(schema.SCHEDULERS),
         "persistence": _nullable({"type": "object", "properties": {"timeout": {"type": "integer"}, "netmask": {}}}),
         "forwarding": _enum(schema.FORWARDING),
-        "health_check": _nullable({"type": "object", "required": ["type"], "properties": {"type": _enum(schema.CHECK_TYPES)}}),
+        "health_check": _nullable(
+            {"type": "object", "required": ["type"], "properties": {"type": _enum(schema.CHECK_TYPES)}}
+        ),
         "on_backend_failure": _enum(("drain", "remove")),
-        "sorry_backend": _nullable({"type": "object", "required": ["address", "port"], "properties": {"address": IP, "port": PORT}}),
+        "sorry_backend": _nullable(
+            {"type": "object", "required": ["address", "port"], "properties": {"address": IP, "port": PORT}}
+        ),
         "quorum": {"type": "integer", "minimum": 0},
         "backends": {"type": "array", "items": _ref("Backend")},
         **REVISIONS,
@@ -89,15 +96,29 @@ VIP_GROUP = {
         **REVISIONS,
     },
 }
-NODE = {"type": "object", "properties": {"id": NAME, "labels": {"type": "object"}, "applied_revision": {"type": "integer"}}}
+NODE = {
+    "type": "object",
+    "properties": {"id": NAME, "labels": {"type": "object"}, "applied_revision": {"type": "integer"}},
+}
 PROBLEM = {
     "type": "object",
     "required": ["title", "status", "detail"],
-    "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"}},
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
 }
 ERRORS = {
     str(code): {"description": text, "content": {"application/problem+json": {"schema": _ref("Problem")}}}
-    for code, text in ((400, "invalid input"), (404, "not found"), (409, "conflict"), (412, "If-Match failed"), (503, "no quorum"))
+    for code, text in (
+        (400, "invalid input"),
+        (404, "not found"),
+        (409, "conflict"),
+        (412, "If-Match failed"),
+        (503, "no quorum"),
+    )
 }
 
 
@@ -109,7 +130,10 @@ def _ok(status: int, s: J | None, text: str = "OK") -> J:
 
 
 def _list_of(name: str) -> J:
-    return {"type": "object", "properties": {"items": {"type": "array", "items": _ref(name)}, "revision": {"type": "integer"}}}
+    return {
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": _ref(name)}, "revision": {"type": "integer"}},
+    }
 
 
 def _body(s: J) -> J:
@@ -122,13 +146,27 @@ def _crud(path: str, key: str, name: str) -> J:
     return {
         path: {
             "get": {"summary": f"List {name}s", "responses": _ok(200, _list_of(name))},
-            "post": {"summary": f"Create a {name}", "requestBody": _body(_ref(name)), "responses": _ok(201, _ref(name))},
+            "post": {
+                "summary": f"Create a {name}",
+                "requestBody": _body(_ref(name)),
+                "responses": _ok(201, _ref(name)),
+            },
         },
         f"{path}/{{{key}}}": {
             "parameters": param,
             "get": {"summary": f"Get a {name}", "responses": _ok(200, _ref(name))},
-            "put": {"summary": f"Replace a {name}", "parameters": if_match, "requestBody": _body(_ref(name)), "responses": _ok(200, _ref(name))},
-            "patch": {"summary": f"Merge-patch a {name}", "parameters": if_match, "requestBody": _body({"type": "object"}), "responses": _ok(200, _ref(name))},
+            "put": {
+                "summary": f"Replace a {name}",
+                "parameters": if_match,
+                "requestBody": _body(_ref(name)),
+                "responses": _ok(200, _ref(name)),
+            },
+            "patch": {
+                "summary": f"Merge-patch a {name}",
+                "parameters": if_match,
+                "requestBody": _body({"type": "object"}),
+                "responses": _ok(200, _ref(name)),
+            },
             "delete": {"summary": f"Delete a {name}", "parameters": if_match, "responses": _ok(204, None, "deleted")},
         },
     }
@@ -141,7 +179,8 @@ def document() -> J:
     paths.update(_crud("/v1/vips", "address", "Vip"))
     paths.update(_crud("/v1/vip-groups", "name", "VipGroup"))
     for p in ("/v1/services/{name}/backends", "/v1/services/{name}/backends/{backend}"):
-        paths[p]["parameters"] = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}] + paths[p].get("parameters", [])
+        name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+        paths[p]["parameters"] = [name_param, *paths[p].get("parameters", [])]
     paths["/v1/nodes"] = {"get": {"summary": "List nodes", "responses": _ok(200, _list_of("Node"))}}
     paths["/v1/nodes/{id}"] = {
         "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
@@ -164,15 +203,26 @@ def document() -> J:
         }
     }
     paths["/v1/cluster"] = {"get": {"summary": "Cluster status", "responses": _ok(200, {"type": "object"})}}
-    paths["/v1/cluster/snapshot"] = {"get": {"summary": "Consistent backup of the state", "responses": {"200": {"description": "SQLite database"}}}}
+    paths["/v1/cluster/snapshot"] = {
+        "get": {"summary": "Consistent backup of the state", "responses": {"200": {"description": "SQLite database"}}}
+    }
     for p in ("/healthz", "/readyz"):
-        paths[p] = {"get": {"summary": p[1:], "responses": {"200": {"description": "OK"}, "503": {"description": "not ready"}}}}
+        paths[p] = {
+            "get": {"summary": p[1:], "responses": {"200": {"description": "OK"}, "503": {"description": "not ready"}}}
+        }
     return {
         "openapi": "3.1.0",
         "info": {"title": "ipvsmgr", "version": "1", "description": "Virtual IPs and IPVS load balancing for a fleet"},
         "paths": paths,
         "components": {
-            "schemas": {"Service": SERVICE, "Backend": BACKEND, "Vip": VIP, "VipGroup": VIP_GROUP, "Node": NODE, "Problem": PROBLEM}
+            "schemas": {
+                "Service": SERVICE,
+                "Backend": BACKEND,
+                "Vip": VIP,
+                "VipGroup": VIP_GROUP,
+                "Node": NODE,
+                "Problem": PROBLEM,
+            }
         },
     }
 

@@ -9,8 +9,8 @@ from typing import Any
 from aiohttp import web
 
 from ..state import NotFound, PreconditionFailed, StateStore, content, schema
-from ._keys import STORE
 from ._http import bad_request, if_match, json_response, propose, read_body, readable
+from ._keys import STORE
 
 Obj = dict[str, Any]
 OPTIMISTIC_RETRIES = 5
@@ -69,7 +69,7 @@ def routes(kind: Kind) -> list[web.RouteDef]:
 
     async def list_(request: web.Request) -> web.Response:
         store = await readable(request)
-        return json_response({"items": store.list(kind.name), "revision": store.revision})
+        return json_response({"items": store.list_of(kind.name), "revision": store.revision})
 
     async def create(request: web.Request) -> web.Response:
         obj = kind.validate(await read_body(request), "")
@@ -118,8 +118,10 @@ async def update(
     for _ in range(OPTIMISTIC_RETRIES):
         current = get_or_404(request.app[STORE], kind, key)
         if wanted is not None and current["mod_revision"] != wanted:
-            raise PreconditionFailed(f"If-Match {wanted} does not match the current mod_revision {current['mod_revision']}")
-        obj = kind.validate(change(content(current)), "")
+            raise PreconditionFailed(
+                f"If-Match {wanted} does not match the current mod_revision {current['mod_revision']}"
+            )
+        obj = kind.validate(change(content(current) or {}), "")
         cmd = {"op": "put", "kind": kind.name, "key": key, "object": obj, "if_match": current["mod_revision"]}
         try:
             return await propose(request, cmd)

@@ -12,7 +12,6 @@ import contextlib
 from typing import Any
 
 import structlog
-
 from ipvsmgr_proto.v1 import EntryType, LogEntry
 
 from ._consensus import ClusterStatus, MemberStatus
@@ -52,7 +51,7 @@ class SingleNodeConsensus:
         self._last_index = await self._log.last_index()
         self._applied = await self._fsm.applied_index()
         await self._replay()
-        await self._commit([LogEntry(index=self._last_index + 1, term=self._term, type=EntryType.NOOP)])
+        await self._commit([LogEntry(index=self._last_index + 1, term=self._term, type=EntryType(EntryType.NOOP))])
         self._task = asyncio.create_task(self._run(), name="raft-single-node")
         log.info("consensus started", term=self._term, last_index=self._last_index, applied=self._applied)
 

@@ -18,7 +18,7 @@ KEY_FIELD = {"service": "name", "vip": "address", "vip_group": "name"}
 
 def diff(objects: ObjectSet, config: dict[str, list[Obj]]) -> list[dict[str, Any]]:
     """Changes that make each kind named in `config` equal to its list there."""
-    upserts: list[dict[str, Any]] = []
+    upserts: list[dict[str, Any] | None] = []
     deletes: list[dict[str, Any]] = []
     for section, kind in APPLY_KINDS.items():
         if section not in config:

@@ -13,7 +13,6 @@ from typing import Any
 
 import aiosqlite
 import structlog
-
 from ipvsmgr_proto.v1 import EntryType, LogEntry
 
 from ..raft import open_durable
@@ -99,12 +98,12 @@ class StateStore:
     def get(self, kind: str, key: str) -> Obj | None:
         return self.objects.get(kind, key)
 
-    def list(self, kind: str) -> list[Obj]:
+    def list_of(self, kind: str) -> list[Obj]:
         return [obj for _, obj in sorted(self.objects.by_kind[kind].items())]
 
     def snapshot(self) -> dict[str, Any]:
         """The whole state at the current revision (for watch resets)."""
-        return {"revision": self.revision, **{f"{k}s": self.list(k) for k in self.objects.by_kind}}
+        return {"revision": self.revision, **{f"{k}s": self.list_of(k) for k in self.objects.by_kind}}
 
     async def changes_after(self, revision: int) -> list[ChangeBatch] | None:
         """Batches with a revision above `revision`, or None if that history is compacted."""
