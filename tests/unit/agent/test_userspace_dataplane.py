@@ -284,8 +284,35 @@ async def test_bulk_transfer_keeps_every_byte(dp: UserspaceDataplane, backends: 
 async def test_failed_backend_connect_tries_the_next(dp: UserspaceDataplane, backends: dict[str, TcpBackend]) -> None:
     dead = DestSpec(DestKey("127.0.0.1", free_port("127.0.0.1")))
     key = await tcp_service(dp, [dead, backends["A"].dest()], "rr")
-    assert await landings(key.port, 6) == {"A": 6}
+    with structlog.testing.capture_logs() as logs:
+        assert await landings(key.port, 6) == {"A": 6}
     await eventually(lambda: dp.stats()[key][dead.key] == 0)
+    failures = [e for e in logs if e["event"] == "backend connect failed"]
+    assert len(failures) == 1  # every connection tried the dead one first; the log says so once
+    assert failures[0]["dest"] == str(dead.key)
+
+
+async def test_slow_client_pushes_back_on_the_backend(dp: UserspaceDataplane) -> None:
+    payload = b"x" * (32 << 20)  # more than the kernel buffers between proxy and client can hold
+
+    async def firehose(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(payload)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(firehose, "127.0.0.1", 0)
+    key = await tcp_service(dp, [DestSpec(DestKey("127.0.0.1", server.sockets[0].getsockname()[1]))])
+    async with asyncio.timeout(HANG):
+        reader, writer = await asyncio.open_connection(VIP, key.port, limit=1 << 16)
+        await eventually(lambda: len(dp._connections) == 1)
+        conn = next(iter(dp._connections))
+        await eventually(lambda: conn.upstream is not None and not conn.upstream.transport.is_reading())
+        # Paused, not hoarding: what the proxy holds for the client stays near one buffer's worth.
+        assert conn.client.transport.get_write_buffer_size() < 4 << 20
+        assert len(await reader.read()) == len(payload)
+        writer.close()
+    server.close()
 
 
 async def test_client_is_closed_when_no_backend_answers(dp: UserspaceDataplane) -> None:
@@ -446,8 +473,10 @@ async def udp_backends() -> AsyncIterator[list[UdpBackend]]:
         backend.close()
 
 
-async def udp_service(dp: UserspaceDataplane, dests: list[DestSpec], scheduler: str = "rr") -> ServiceKey:
-    key = ServiceKey("udp", VIP, free_port(VIP))
+async def udp_service(
+    dp: UserspaceDataplane, dests: list[DestSpec], scheduler: str = "rr", vip: str = VIP
+) -> ServiceKey:
+    key = ServiceKey("udp", vip, free_port(vip))
     await dp.apply(AddService(ServiceSpec(key, scheduler)))
     for dest in dests:
         await dp.apply(AddDest(key, dest))
@@ -459,6 +488,14 @@ async def test_udp_round_trip(dp: UserspaceDataplane, udp_backends: list[UdpBack
     client = await UdpClient.open(VIP, key.port)
     assert await client.ask(b"ping") == b"A:ping"
     assert await client.ask(b"again") == b"A:again"
+    client.close()
+
+
+@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback")
+async def test_udp_ipv6_vip_to_ipv4_destination(dp: UserspaceDataplane, udp_backends: list[UdpBackend]) -> None:
+    key = await udp_service(dp, [udp_backends[0].dest()], vip="::1")
+    client = await UdpClient.open("::1", key.port)
+    assert await client.ask(b"six") == b"A:six"
     client.close()
 
 

@@ -9,6 +9,7 @@ full, reading from the other side pauses until it drains.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, cast
 
 import structlog
@@ -18,6 +19,7 @@ from ._schedulers import Backend
 from ._userspace_pool import Pool
 
 LISTEN_BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
+FAILURE_LOG_INTERVAL = 10.0  # seconds between log lines about the same unreachable destination
 
 
 class TcpService:
@@ -30,6 +32,7 @@ class TcpService:
         self.connect_timeout = connect_timeout
         self.log = structlog.get_logger(__name__).bind(service=str(key))
         self._server: asyncio.Server | None = None
+        self._failures: dict[DestKey, tuple[float, int]] = {}  # last logged at, failures since
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -53,15 +56,27 @@ class TcpService:
         accepted connection, which would block a DelService that lets connections finish.
         """
 
+    def connect_failed(self, backend: Backend, exc: Exception) -> None:
+        """Log an unreachable destination, but once per interval: a dead backend sees every new client."""
+        now = time.monotonic()
+        logged_at, since = self._failures.get(backend.key, (-FAILURE_LOG_INTERVAL, 0))
+        if now - logged_at < FAILURE_LOG_INTERVAL:
+            self._failures[backend.key] = (logged_at, since + 1)
+            return
+        self._failures[backend.key] = (now, 0)
+        error = str(exc) or type(exc).__name__
+        self.log.warning("backend connect failed", dest=str(backend.key), error=error, unlogged_failures=since)
+
 
 class _Side(asyncio.Protocol):
     """One socket of a proxied pair: what it reads goes to `sink`, the other socket's transport."""
 
     transport: asyncio.Transport
-    sink: asyncio.Transport
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self.sink: asyncio.Transport | None = None
+        self.early: list[bytes] = []  # read before the upstream existed (uvloop ignores an early pause)
         self.made = False
         self.read_eof = False
         self.lost = False
@@ -72,7 +87,11 @@ class _Side(asyncio.Protocol):
         self.conn.side_made(self)
 
     def data_received(self, data: bytes) -> None:
-        self.sink.write(data)
+        if self.sink is not None:
+            self.sink.write(data)
+        else:
+            self.early.append(data)
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         self.read_eof = True
@@ -80,14 +99,23 @@ class _Side(asyncio.Protocol):
         return True  # keep the socket open for writing: the other direction may still flow
 
     def pause_writing(self) -> None:
-        self.sink.pause_reading()
+        if self.sink is not None:
+            self.sink.pause_reading()
 
     def resume_writing(self) -> None:
-        self.sink.resume_reading()
+        if self.sink is not None:
+            self.sink.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.conn.side_lost(self, exc)
+
+    def attach(self, sink: asyncio.Transport) -> None:
+        """Start forwarding to `sink`, first whatever arrived before it existed."""
+        self.sink = sink
+        for data in self.early:
+            sink.write(data)
+        self.early.clear()
 
 
 class Connection:
@@ -118,8 +146,8 @@ class Connection:
 
     def side_eof(self, side: _Side) -> None:
         other = self._other(side)
-        if other is None:
-            return
+        if other is None or side.sink is None:
+            return  # forwarded by _splice once the upstream exists
         if other.read_eof:  # both directions finished: nothing left to carry
             side.transport.close()
             other.transport.close()
@@ -171,7 +199,7 @@ class Connection:
             async with asyncio.timeout(self.service.connect_timeout):
                 await loop.create_connection(lambda: _Side(self), backend.key.address, backend.key.port)
         except (OSError, TimeoutError) as exc:
-            self.service.log.warning("backend connect failed", dest=str(backend.key), error=str(exc) or "timeout")
+            self.service.connect_failed(backend, exc)
         finally:
             if self.upstream is None:  # failed or cancelled before any socket existed
                 self.backend = None
@@ -184,7 +212,10 @@ class Connection:
         if client.lost:
             upstream.transport.close()
             return
-        client.sink, upstream.sink = upstream.transport, client.transport
+        upstream.attach(client.transport)
+        client.attach(upstream.transport)
+        if client.read_eof:
+            self.side_eof(client)
         client.transport.resume_reading()
 
     def _other(self, side: _Side) -> _Side | None:
