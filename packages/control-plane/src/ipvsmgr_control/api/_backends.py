@@ -35,8 +35,15 @@ def _validate(body: Any, svc: Obj) -> Obj:
 
 
 def _replace(svc: Obj, key: tuple[str, int], new: Obj | None) -> Obj:
-    others = [b for b in svc["backends"] if (b["address"], b["port"]) != key]
-    svc["backends"] = others + ([new] if new is not None else [])
+    """Swap one backend in place (or append or drop it), keeping the operator's order."""
+    backends, found = [], False
+    for b in svc["backends"]:
+        if (b["address"], b["port"]) != key:
+            backends.append(b)
+        elif new is not None:
+            backends.append(new)
+            found = True
+    svc["backends"] = backends if found or new is None else [*backends, new]
     return svc
 
 

@@ -7,10 +7,11 @@ import tempfile
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from ._http import json_response, readable
 from ._keys import CONSENSUS
+from ._metrics import REGISTRY_KEY
 
 
 def routes() -> list[web.RouteDef]:
@@ -39,7 +40,8 @@ def routes() -> list[web.RouteDef]:
         return json_response(body, 200 if ready else 503)
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body = generate_latest(request.app[REGISTRY_KEY]) + generate_latest(REGISTRY)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return [
         web.get("/v1/cluster", cluster),

@@ -264,12 +264,6 @@ def _check_families(c: Checker, svc: Obj) -> None:
             c.fail(f"backends[{i}].address", f"is IPv{6 if family == 4 else 4} but the VIP is IPv{family}")
 
 
-def service_with_backend_ids(svc: Obj) -> Obj:
-    """Backends are addressed by `address:port` in paths; keep the list sorted by that id."""
-    svc["backends"] = sorted(svc["backends"], key=lambda b: (b["address"], b["port"]))
-    return svc
-
-
 VIP_FIELDS = ("address", "group", "mode", "preferred_node", "preempt")
 
 

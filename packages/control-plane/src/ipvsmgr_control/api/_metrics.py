@@ -1,0 +1,79 @@
+"""Prometheus metrics of the control plane: read from live state at scrape time, plus request timings."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..agents import NodeRegistry
+from ..raft import Consensus
+from ..state import StateStore
+from ._http import Handler
+
+REGISTRY_KEY = web.AppKey("metrics_registry", CollectorRegistry)
+REQUESTS_KEY = web.AppKey("request_seconds", Histogram)
+
+
+class StateCollector(Collector):
+    """Gauges an operator alerts on: no leader, commit lag, agents disconnected or behind."""
+
+    def __init__(self, store: StateStore, consensus: Consensus, nodes: NodeRegistry) -> None:
+        self.store, self.consensus, self.nodes = store, consensus, nodes
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        status = self.consensus.status()
+        yield _gauge("ipvsmgr_revision", "Current cluster revision (applied here)", self.store.revision)
+        yield _gauge("ipvsmgr_raft_term", "Current Raft term", status.term)
+        yield _gauge("ipvsmgr_raft_commit_index", "Raft commit index", status.commit_index)
+        yield _gauge("ipvsmgr_raft_applied_index", "Raft index applied to the state machine", status.applied_index)
+        yield _gauge("ipvsmgr_raft_is_leader", "1 if this member is the leader", int(status.leader == status.name))
+        yield _gauge("ipvsmgr_raft_has_leader", "1 if this member knows a leader", int(status.leader is not None))
+        yield _gauge("ipvsmgr_watchers", "Open watch subscriptions (SSE and agent streams)", self.store.hub.subscribers)
+        yield from self._nodes()
+
+    def _nodes(self) -> Iterator[GaugeMetricFamily]:
+        nodes = [self.nodes.describe(n) for n in self.store.list_of("node")]
+        yield _gauge("ipvsmgr_nodes", "Registered nodes", len(nodes))
+        yield _gauge(
+            "ipvsmgr_nodes_connected", "Nodes with an open stream to this server", self.nodes.connected_count()
+        )
+        lag = GaugeMetricFamily(
+            "ipvsmgr_node_revision_lag", "Revisions the node has not applied yet (by node)", labels=["node"]
+        )
+        for node in nodes:
+            lag.add_metric([node["id"]], max(0, self.store.revision - node["applied_revision"]))
+        yield lag
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def install(app: web.Application, store: StateStore, consensus: Consensus, nodes: NodeRegistry) -> None:
+    """A registry per app (not the process-global one) so several servers can live in one test process."""
+    registry = CollectorRegistry()
+    registry.register(StateCollector(store, consensus, nodes))
+    app[REGISTRY_KEY] = registry
+    app[REQUESTS_KEY] = Histogram(
+        "ipvsmgr_http_request_duration_seconds",
+        "REST API request latency",
+        ["method", "route", "status"],
+        registry=registry,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    )
+
+
+@web.middleware
+async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    response = await handler(request)
+    if request.path != "/v1/watch":
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        labels = (request.method, route, str(response.status))
+        request.app[REQUESTS_KEY].labels(*labels).observe(time.perf_counter() - started)
+    return response
