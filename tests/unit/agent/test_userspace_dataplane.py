@@ -18,6 +18,7 @@ import pytest
 import structlog
 from ipvsmgr_agent.dataplane._model import DestKey, DestSpec, ServiceKey, ServiceSpec, ServiceState
 from ipvsmgr_agent.dataplane._ops import AddDest, AddService, DelDest, DelService, SetDest, SetService
+from ipvsmgr_agent.dataplane._protocol import Dataplane
 from ipvsmgr_agent.dataplane._userspace import ListenError, UnsupportedServiceError, UserspaceDataplane
 
 VIP = "127.0.0.77"
@@ -151,6 +152,11 @@ async def tcp_service(
     for dest in dests:
         await dp.apply(AddDest(key, dest))
     return key
+
+
+def test_is_a_dataplane() -> None:
+    plane: Dataplane = UserspaceDataplane()  # mypy checks the Protocol here
+    assert plane.name == "userspace"
 
 
 # --- TCP scheduling ---------------------------------------------------------------------------

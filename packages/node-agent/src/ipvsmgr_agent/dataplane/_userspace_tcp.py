@@ -9,17 +9,16 @@ full, reading from the other side pauses until it drains.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any, cast
 
 import structlog
 
 from ._model import DestKey, ServiceKey
 from ._schedulers import Backend
+from ._userspace_log import FailureLog
 from ._userspace_pool import Pool
 
 LISTEN_BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
-FAILURE_LOG_INTERVAL = 10.0  # seconds between log lines about the same unreachable destination
 
 
 class TcpService:
@@ -32,7 +31,7 @@ class TcpService:
         self.connect_timeout = connect_timeout
         self.log = structlog.get_logger(__name__).bind(service=str(key))
         self._server: asyncio.Server | None = None
-        self._failures: dict[DestKey, tuple[float, int]] = {}  # last logged at, failures since
+        self.failures = FailureLog(self.log)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -55,17 +54,6 @@ class TcpService:
         Server.wait_closed() is avoided on purpose: on newer Pythons it also waits for every
         accepted connection, which would block a DelService that lets connections finish.
         """
-
-    def connect_failed(self, backend: Backend, exc: Exception) -> None:
-        """Log an unreachable destination, but once per interval: a dead backend sees every new client."""
-        now = time.monotonic()
-        logged_at, since = self._failures.get(backend.key, (-FAILURE_LOG_INTERVAL, 0))
-        if now - logged_at < FAILURE_LOG_INTERVAL:
-            self._failures[backend.key] = (logged_at, since + 1)
-            return
-        self._failures[backend.key] = (now, 0)
-        error = str(exc) or type(exc).__name__
-        self.log.warning("backend connect failed", dest=str(backend.key), error=error, unlogged_failures=since)
 
 
 class _Side(asyncio.Protocol):
@@ -199,7 +187,7 @@ class Connection:
             async with asyncio.timeout(self.service.connect_timeout):
                 await loop.create_connection(lambda: _Side(self), backend.key.address, backend.key.port)
         except (OSError, TimeoutError) as exc:
-            self.service.connect_failed(backend, exc)
+            self.service.failures.failed("backend connect failed", backend.key, exc)
         finally:
             if self.upstream is None:  # failed or cancelled before any socket existed
                 self.backend = None

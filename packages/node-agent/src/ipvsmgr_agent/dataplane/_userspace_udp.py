@@ -14,6 +14,7 @@ import structlog
 
 from ._model import ServiceKey
 from ._schedulers import Backend
+from ._userspace_log import FailureLog
 from ._userspace_pool import Pool
 
 PENDING_LIMIT = 64  # datagrams held per flow while its upstream socket is being opened
@@ -28,6 +29,7 @@ class UdpService(asyncio.DatagramProtocol):
         self.idle_timeout = idle_timeout
         self.max_flows = max_flows
         self.log = structlog.get_logger(__name__).bind(service=str(key))
+        self.failures = FailureLog(self.log)
         self.flows: dict[Any, Flow] = {}
         self._transport: asyncio.DatagramTransport | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -180,5 +182,5 @@ class Flow(asyncio.DatagramProtocol):
         try:
             await loop.create_datagram_endpoint(lambda: self, remote_addr=(key.address, key.port))
         except OSError as exc:
-            self.service.log.warning("backend socket failed", dest=str(key), error=str(exc))
+            self.service.failures.failed("backend socket failed", key, exc)
             self.service.end(self)
