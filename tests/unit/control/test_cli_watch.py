@@ -96,7 +96,7 @@ async def test_watch_prints_lines_and_resumes_with_last_event_id(
     code = await run_cli("--endpoints", url, "watch", "--max-events", "4")
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert fake.asked == [({}, None), ({"from_revision": "7"}, "6")]
+    assert fake.asked == [({}, None), ({"from_revision": "6"}, "5")]  # revision 6 may have had more events
     assert [line.split() for line in out.splitlines()] == [
         ["5", "reset", "1", "services,", "0", "vips,", "0", "vip", "groups,", "1", "nodes"],
         ["6", "put", "service", "web", "10.0.0.10:80/tcp", "wrr,", "0", "backends"],
@@ -127,13 +127,13 @@ async def test_watch_from_revision_and_json_lines(serve: Any, capsys: pytest.Cap
 
 async def test_watch_fails_over_when_reconnecting(serve: Any, capsys: pytest.CaptureFixture[str]) -> None:
     first = FakeWatch([["retry: 10\n\n", PUT_WEB], UNAVAILABLE])
-    second = FakeWatch([[PUT_VIP]])
+    second = FakeWatch([[PUT_WEB, PUT_VIP]])
     first_url, second_url = await serve(first), await serve(second)
     code = await run_cli("--endpoints", f"{first_url},{second_url}", "watch", "--max-events", "2")
     out, _ = capsys.readouterr()
     assert code == 0
-    assert first.asked == [({}, None), ({"from_revision": "7"}, "6")]
-    assert second.asked == [({"from_revision": "7"}, "6")]
+    assert first.asked == [({}, None), ({"from_revision": "6"}, "5")]
+    assert second.asked == [({"from_revision": "6"}, "5")]
     assert [line.split()[:3] for line in out.splitlines()] == [["6", "put", "service"], ["7", "put", "vip"]]
 
 
@@ -152,11 +152,36 @@ def test_ctrl_c_exits_cleanly(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_resume_parts_prefer_the_last_seen_revision() -> None:
-    watcher = Watcher(ctx=None, from_revision=3)  # type: ignore[arg-type]
-    assert watcher.request_parts() == ({"from_revision": "3"}, {})
-    watcher.last_revision = 41
-    assert watcher.request_parts() == ({"from_revision": "42"}, {"Last-Event-ID": "41"})
+async def test_a_stream_dropped_inside_a_batch_loses_nothing_and_repeats_nothing(
+    serve: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    batch = [sse("put", 6, {"kind": "vip", "key": f"10.0.0.{i}", "object": None}) for i in (1, 2, 3)]
+    after = sse("delete", 7, {"kind": "vip", "key": "10.0.0.1", "object": None})
+    fake = FakeWatch([["retry: 10\n\n", RESET, *batch[:2]], [*batch, after]])
+    url = await serve(fake)
+    code = await run_cli("--endpoints", url, "watch", "--max-events", "5")
+    out, _ = capsys.readouterr()
+    assert code == 0
+    assert fake.asked[1] == ({"from_revision": "6"}, "5")
+    assert [line.split()[:4] for line in out.splitlines()] == [
+        ["5", "reset", "1", "services,"],
+        ["6", "put", "vip", "10.0.0.1"],
+        ["6", "put", "vip", "10.0.0.2"],
+        ["6", "put", "vip", "10.0.0.3"],
+        ["7", "delete", "vip", "10.0.0.1"],
+    ]
+
+
+async def test_after_a_reset_the_watch_resumes_after_it(serve: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    fake = FakeWatch([["retry: 10\n\n", RESET], [PUT_WEB]])
+    url = await serve(fake)
+    assert await run_cli("--endpoints", url, "watch", "--max-events", "2") == 0
+    assert fake.asked == [({}, None), ({"from_revision": "6"}, "5")]
+
+
+def test_resume_parts_before_any_event() -> None:
+    assert Watcher(ctx=None, from_revision=3).request_parts() == ({"from_revision": "3"}, {})  # type: ignore[arg-type]
+    assert Watcher(ctx=None, from_revision=None).request_parts() == ({}, {})  # type: ignore[arg-type]
 
 
 def feed_all(parser: SseParser, text: str) -> list[SseEvent]:

@@ -52,6 +52,9 @@ class Watcher:
         self.ctx = ctx
         self.from_revision = from_revision
         self.last_revision: int | None = None
+        self.seen_at_last = 0  # change events printed so far that carry `last_revision`
+        self.batch_done = False  # after a reset nothing more of `last_revision` can come
+        self.skip = 0  # events of a replayed, partly printed batch still to drop
         self.max_events = max_events
         self.printed = 0
         self.delay = 1.0
@@ -73,15 +76,16 @@ class Watcher:
                 self._pause()
 
     def request_parts(self) -> tuple[dict[str, str], dict[str, str]]:
-        """Query and headers: the first time `from_revision`; afterwards resume after the last revision.
+        """Query and headers: the first time `from_revision`; afterwards resume from the last revision seen.
 
-        Both the header and the equivalent query are sent so a server honouring either resumes correctly.
+        One write (e.g. an apply) yields several events with the same revision, so a stream that dropped
+        inside one is resumed *at* that revision and the events already printed are skipped. The header
+        and the query say the same thing, so a server honouring either resumes correctly.
         """
-        if self.last_revision is not None:
-            query = {"from_revision": str(self.last_revision + 1)}
-            return query, {"Last-Event-ID": str(self.last_revision)}
-        query = {"from_revision": str(self.from_revision)} if self.from_revision is not None else {}
-        return query, {}
+        if self.last_revision is None:
+            return ({"from_revision": str(self.from_revision)} if self.from_revision is not None else {}), {}
+        start = self.last_revision + 1 if self.batch_done else self.last_revision
+        return {"from_revision": str(start)}, {"Last-Event-ID": str(start - 1)}
 
     def _connect(self) -> http.client.HTTPResponse | None:
         query, headers = self.request_parts()
@@ -94,6 +98,7 @@ class Watcher:
             return None
         _set_read_timeout(stream, max(self.ctx.client.timeout, KEEPALIVE_GRACE))
         self.connected_once, self.delay = True, 1.0
+        self.skip = 0 if self.batch_done else self.seen_at_last
         return stream
 
     def _transient(self, exc: Exception) -> bool:
@@ -117,7 +122,10 @@ class Watcher:
 
     def _handle(self, event: SseEvent) -> None:
         data = _decode(event.data)
-        self.last_revision = _revision_of(event, data, self.last_revision)
+        revision = _revision_of(event, data)
+        if self._is_replay(event.event, revision):
+            return
+        self._track(event.event, revision)
         text = (
             format_event(event.event, data)
             if self.ctx.human
@@ -125,6 +133,25 @@ class Watcher:
         )
         emit(self.ctx.out, text)
         self.printed += 1
+
+    def _is_replay(self, kind: str, revision: int | None) -> bool:
+        """An event printed before the reconnect (older revision, or the already-seen part of a batch)."""
+        if kind == "reset" or revision is None or self.last_revision is None or revision > self.last_revision:
+            return False
+        if revision < self.last_revision:
+            return True
+        if self.skip > 0:
+            self.skip -= 1
+            return True
+        return False
+
+    def _track(self, kind: str, revision: int | None) -> None:
+        if revision is None:
+            return
+        if kind == "reset" or revision != self.last_revision:
+            self.last_revision, self.seen_at_last, self.skip = revision, 0, 0
+        self.batch_done = kind == "reset"
+        self.seen_at_last += 0 if kind == "reset" else 1
 
     def _pause(self) -> None:
         where = f" after revision {self.last_revision}" if self.last_revision is not None else ""
@@ -148,12 +175,12 @@ def _decode(data: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"data": value}
 
 
-def _revision_of(event: SseEvent, data: dict[str, Any], previous: int | None) -> int | None:
-    """The event id when numeric, else the revision in the payload, else what we had."""
-    if event.id and event.id.isdigit():
-        return int(event.id)
+def _revision_of(event: SseEvent, data: dict[str, Any]) -> int | None:
+    """The revision in the payload (the contract's field), else a numeric event id."""
     revision = data.get("revision")
-    return revision if isinstance(revision, int) else previous
+    if isinstance(revision, int):
+        return revision
+    return int(event.id) if event.id and event.id.isdigit() else None
 
 
 def format_event(kind_of_event: str, data: dict[str, Any]) -> str:
