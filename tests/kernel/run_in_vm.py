@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / ".kernel-out"
@@ -32,7 +33,7 @@ GUEST_SCRIPT = OUT / "guest.sh"
 NO_RESULT, TIMED_OUT, SETUP_ERROR = 70, 71, 72
 
 
-def fail(message: str, code: int = SETUP_ERROR) -> None:
+def fail(message: str, code: int = SETUP_ERROR) -> NoReturn:
     """Print a message a CI log reader can act on, and stop."""
     print(f"\nrun_in_vm: ERROR: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)
@@ -86,14 +87,17 @@ export TMPDIR=/tmp/ipvsmgr-vm HYPOTHESIS_STORAGE_DIRECTORY=/tmp/ipvsmgr-vm/hypot
 export HOME=/tmp/ipvsmgr-vm
 mkdir -p "$TMPDIR"
 cd {shlex.quote(str(REPO))}
-echo "run_in_vm: guest kernel $(uname -r), $(nproc) CPUs, python {python}"
-if ! {python} -c 'import pyroute2, pytest, ipvsmgr_agent' ; then
-    echo "run_in_vm: the host venv's python cannot import the project inside the guest" >&2
+uptime() {{ cut -d' ' -f1 /proc/uptime; }}
+echo "run_in_vm: guest kernel $(uname -r) up after $(uptime)s, $(nproc) CPUs, python {python}"
+# Only that the interpreter runs here; importing the project would cost as much as pytest's own imports.
+if ! {python} -S -c pass ; then
+    echo "run_in_vm: the host venv's python {python} does not run inside the guest" >&2
     echo {SETUP_ERROR} > {out}/exit-code
     exit 0
 fi
 {python} -m pytest tests/kernel -p no:cacheprovider --junitxml={out}/junit.xml {args} 2>&1 | tee {out}/pytest.log
 echo "${{PIPESTATUS[0]}}" > {out}/exit-code
+echo "run_in_vm: pytest done at $(uptime)s"
 """
 
 

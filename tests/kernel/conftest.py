@@ -1,0 +1,56 @@
+"""Kernel tests change global kernel state (IPVS, nftables, links, sysctls), so they run only
+as root inside the VM that tests/kernel/run_in_vm.py boots, and skip with a reason elsewhere.
+
+IPVSMGR_KERNEL_TESTS_ON_HOST=1 lets them run on a disposable host with IPVS instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kernel._lab import sh
+
+HERE = Path(__file__).resolve().parent
+
+
+@functools.cache
+def skip_reason() -> str | None:
+    """Why the kernel tests cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "kernel tests need root (they program IPVS, links and nftables)"
+    if os.environ.get("IPVSMGR_IN_VM") != "1" and os.environ.get("IPVSMGR_KERNEL_TESTS_ON_HOST") != "1":
+        return (
+            "kernel tests change the host's IPVS/nftables/links: run them in the VM with "
+            "`nox -s kernel` (or set IPVSMGR_KERNEL_TESTS_ON_HOST=1 on a disposable host)"
+        )
+    from ipvsmgr_agent.dataplane._addresses import kernel_has_ipvs
+
+    if not kernel_has_ipvs():
+        return "this kernel has no IPVS (/proc/net/ip_vs is absent even after modprobe ip_vs)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    mine = [item for item in items if HERE in Path(str(item.path)).resolve().parents]
+    reason = skip_reason() if mine else None
+    for item in mine:
+        item.add_marker(pytest.mark.kernel)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(autouse=True)
+def clean_kernel() -> Iterator[None]:
+    """Every kernel test starts and ends with an empty IPVS table and no ipvsmgr nft table."""
+    _flush()
+    yield
+    _flush()
+
+
+def _flush() -> None:
+    sh("ipvsadm", "-C")
+    sh("nft", "delete", "table", "inet", "ipvsmgr", check=False)
