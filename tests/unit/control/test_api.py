@@ -165,3 +165,14 @@ async def test_openapi_lists_routes(client: Client) -> None:
 async def test_consistency_parameter_is_checked(client: Client) -> None:
     assert (await client.get("/v1/services?consistency=stale")).status == 200
     assert (await client.get("/v1/services?consistency=maybe")).status == 400
+
+
+async def test_metrics_expose_revision_and_node_lag(client: Client) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    await create(client)
+    text = await (await client.get("/metrics")).text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["ipvsmgr_revision"].samples[0].value == 1
+    assert families["ipvsmgr_raft_is_leader"].samples[0].value == 1
+    assert "ipvsmgr_http_request_duration_seconds" in families
