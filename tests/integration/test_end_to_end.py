@@ -94,3 +94,19 @@ def test_server_killed_keeps_every_acknowledged_write(tmp_path: Path, cleanup: l
     stored = {s["name"] for s in restarted.request("GET", "/v1/services")[1]["items"]}
     assert len(acknowledged) >= 100
     assert set(acknowledged) <= stored
+
+
+def test_server_stops_on_sigterm_with_agents_and_watchers_connected(tmp_path: Path, cleanup: list[p.Process]) -> None:
+    import urllib.request
+
+    srv = p.start_server(p.server(tmp_path))
+    cleanup.append(srv)
+    agent = p.agent(tmp_path, [srv.grpc]).start()
+    cleanup.append(agent)
+    p.wait_until(lambda: srv.request("GET", "/v1/nodes")[1]["items"], 30, "the agent to register")
+    with urllib.request.urlopen(f"{srv.url}/v1/watch", timeout=30) as watch:
+        assert watch.readline().startswith(b"event: reset")
+        assert srv.popen is not None
+        srv.send(p.signals.SIGTERM)
+        assert srv.popen.wait(30) == 0, srv.log()
+    assert "Traceback" not in srv.log()

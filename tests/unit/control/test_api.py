@@ -176,3 +176,14 @@ async def test_metrics_expose_revision_and_node_lag(client: Client) -> None:
     assert families["ipvsmgr_revision"].samples[0].value == 1
     assert families["ipvsmgr_raft_is_leader"].samples[0].value == 1
     assert "ipvsmgr_http_request_duration_seconds" in families
+
+
+async def test_backend_if_match_uses_the_backends_own_revision(client: Client) -> None:
+    await create(client)
+    added = await (await client.post("/v1/services/web/backends", json={"address": "10.1.0.2", "port": 80})).json()
+    path = "/v1/services/web/backends/10.1.0.1:8080"
+    assert (await client.patch(path, json={"weight": 7}, headers={"If-Match": "1"})).status == 200
+    assert (await client.patch(path, json={"weight": 8}, headers={"If-Match": "1"})).status == 412
+    other = f"/v1/services/web/backends/10.1.0.2:80?x={added['mod_revision']}"
+    resp = await client.delete(other, headers={"If-Match": str(added["mod_revision"])})
+    assert resp.status == 204

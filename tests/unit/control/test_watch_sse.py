@@ -56,3 +56,16 @@ async def test_watch_resumes_from_a_revision(client: Client) -> None:
 async def test_watch_bad_revision_is_400(client: Client) -> None:
     resp = await client.get("/v1/watch?from_revision=abc")
     assert resp.status == 400
+
+
+async def test_only_the_last_event_of_a_revision_carries_its_id(client: Client) -> None:
+    """So that Last-Event-ID never skips the rest of a multi-object revision."""
+    config = {"services": [{"name": n, "vip": "10.0.0.1", "port": p} for n, p in (("a", 80), ("b", 81))]}
+    async with client.get("/v1/watch?from_revision=1") as resp:
+        assert (await client.post("/v1/apply", json=config)).status == 200
+        raw = b""
+        async with asyncio.timeout(10):
+            while raw.count(b"\n\n") < 2:
+                raw += await resp.content.readany()
+    first, second = raw.decode().split("\n\n")[:2]
+    assert "id:" not in first and "id: 1" in second

@@ -24,4 +24,5 @@ def build_app(store: StateStore, consensus: Consensus, nodes: NodeRegistry) -> w
         app.add_routes(_resources.routes(kind))
     for module in (_backends, _nodes, _apply, _watch, _cluster, _openapi):
         app.add_routes(module.routes())
+    _watch.install(app)
     return app

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from ..state import NotFound, PreconditionFailed, StateStore, content, schema
+from ..state import NotFound, PreconditionFailed, StateStore, schema
 from ._http import bad_request, if_match, json_response, propose, read_body, readable
 from ._keys import STORE
 
@@ -121,7 +122,7 @@ async def update(
             raise PreconditionFailed(
                 f"If-Match {wanted} does not match the current mod_revision {current['mod_revision']}"
             )
-        obj = kind.validate(change(content(current) or {}), "")
+        obj = kind.validate(change(copy.deepcopy(current)), "")  # revision stamps are read-only: dropped
         cmd = {"op": "put", "kind": kind.name, "key": key, "object": obj, "if_match": current["mod_revision"]}
         try:
             return await propose(request, cmd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 from typing import Any
 
 from aiohttp import web
@@ -13,6 +14,7 @@ from ._http import bad_request
 from ._keys import NODES, STORE
 
 KEEPALIVE_SECONDS = 15.0
+WATCH_TASKS = web.AppKey("watch_tasks", weakref.WeakSet[asyncio.Task[Any]])
 
 
 def _start_revision(request: web.Request) -> int | None:
@@ -26,9 +28,11 @@ def _start_revision(request: web.Request) -> int | None:
     return int(text) if raw is not None else int(text) + 1
 
 
-async def _send(resp: web.StreamResponse, event: str, revision: int, data: Any) -> None:
+async def _send(resp: web.StreamResponse, event: str, revision: int | None, data: Any) -> None:
+    """One event; `id:` only on the last event of a revision so Last-Event-ID resumes exactly."""
     payload = json.dumps(data, separators=(",", ":"))
-    await resp.write(f"event: {event}\nid: {revision}\ndata: {payload}\n\n".encode())
+    event_id = f"id: {revision}\n" if revision is not None else ""
+    await resp.write(f"event: {event}\n{event_id}data: {payload}\n\n".encode())
 
 
 async def _send_reset(request: web.Request, resp: web.StreamResponse) -> int:
@@ -40,9 +44,9 @@ async def _send_reset(request: web.Request, resp: web.StreamResponse) -> int:
 
 
 async def _send_batch(resp: web.StreamResponse, batch: ChangeBatch) -> None:
-    for ch in batch.changes:
+    for i, ch in enumerate(batch.changes):
         data = {"revision": batch.revision, "kind": ch.kind, "key": ch.key, "object": ch.object}
-        await _send(resp, ch.op, batch.revision, data)
+        await _send(resp, ch.op, batch.revision if i == len(batch.changes) - 1 else None, data)
 
 
 async def _replay(request: web.Request, resp: web.StreamResponse, start: int | None, store: StateStore) -> int:
@@ -58,6 +62,17 @@ async def _replay(request: web.Request, resp: web.StreamResponse, start: int | N
 
 
 async def watch(request: web.Request) -> web.StreamResponse:
+    """Stream until the client leaves or the server shuts down (then the task is cancelled)."""
+    task = asyncio.current_task()
+    if task is not None:
+        request.app[WATCH_TASKS].add(task)
+    try:
+        return await _stream(request)
+    except ConnectionResetError:  # the client went away: nothing to report
+        return web.Response()
+
+
+async def _stream(request: web.Request) -> web.StreamResponse:
     store, start = request.app[STORE], _start_revision(request)
     sub = store.hub.subscribe()
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -82,5 +97,17 @@ async def watch(request: web.Request) -> web.StreamResponse:
         store.hub.unsubscribe(sub)
 
 
+async def _close_watchers(app: web.Application) -> None:
+    tasks: weakref.WeakSet[asyncio.Task[Any]] = app[WATCH_TASKS]
+    for task in list(tasks):
+        task.cancel()
+
+
 def routes() -> list[web.RouteDef]:
     return [web.get("/v1/watch", watch)]
+
+
+def install(app: web.Application) -> None:
+    """Open watch streams never end by themselves: end them when the server shuts down."""
+    app[WATCH_TASKS] = weakref.WeakSet()
+    app.on_shutdown.append(_close_watchers)
