@@ -44,6 +44,7 @@ class Agent:
         self.selection = selection
         self.model = DesiredModel(config.node_id)
         self.has_state = False
+        self._applied = 0
         self.errors: list[str] = []
         self.cache = StateCache(config.state_dir)
         self.owned_store = OwnedStore(config.state_dir)
@@ -67,7 +68,8 @@ class Agent:
 
     @property
     def applied_revision(self) -> int:
-        return self.model.revision if self.has_state else 0
+        """The revision of the last desired state fully reconciled (0 before any)."""
+        return self._applied
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start, serve until `stop` is set (or a background loop dies of a bug), then close."""
@@ -161,7 +163,8 @@ class Agent:
         self._after_apply(log)
 
     def _after_apply(self, log: Any) -> None:
-        self.metrics.applied_revision.set(self.model.revision)
+        self._applied = self.model.revision
+        self.metrics.applied_revision.set(self._applied)
         self._cache_dirty.set()
         self.reporter.submit(self._report())
         log.debug("applied", errors=len(self.errors))
@@ -234,10 +237,17 @@ async def _until_stopped(stop: asyncio.Event, loops: list[Coroutine[Any, Any, No
     try:
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in [*tasks, stopper]:
-            task.cancel()
-        await asyncio.gather(*tasks, stopper, return_exceptions=True)
+        await _cancel_all([*tasks, stopper])
     for task in done:
         if task is not stopper:
             task.result()
             raise RuntimeError("a background loop of the agent ended unexpectedly")
+
+
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel until they are done: grpclib turns a cancel that meets a lost connection into an error."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)

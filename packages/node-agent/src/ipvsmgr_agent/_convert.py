@@ -75,7 +75,16 @@ def _netmask(text: str, family: int) -> str:
     value = text.strip().lstrip("/") or ("32" if family == 4 else "128")
     if family == 4:
         return str(ipaddress.IPv4Network(f"0.0.0.0/{value}").netmask)
+    if ":" in value:  # an IPv6 mask such as ffff:ffff:: (ipaddress only takes prefix lengths for v6)
+        value = str(_mask_prefix(int(ipaddress.IPv6Address(value)), 128))
     return str(ipaddress.IPv6Network(f"::/{value}").prefixlen)
+
+
+def _mask_prefix(mask: int, bits: int) -> int:
+    prefix = bin(mask).count("1")
+    if mask != ((1 << prefix) - 1) << (bits - prefix):
+        raise ValueError("netmask bits are not contiguous")
+    return prefix
 
 
 def _forwarding(text: str, default: str, service: str) -> str:

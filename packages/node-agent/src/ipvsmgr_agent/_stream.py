@@ -89,7 +89,8 @@ class WatchClient:
         try:
             async with channel.request(WATCH_METHOD, Cardinality.UNARY_STREAM, v1.WatchRequest, v1.StateUpdate) as st:
                 request = self._request()
-                await asyncio.wait_for(st.send_message(request, end=True), self._connect_timeout)
+                async with asyncio.timeout(self._connect_timeout):  # not wait_for: in 3.11 it can eat a cancel
+                    await st.send_message(request, end=True)
                 opened = time.monotonic()
                 self._set_connected(channel, server)
                 log.info("watching desired state", from_revision=request.from_revision)
