@@ -158,3 +158,26 @@ async def test_metrics_and_health_endpoints(tmp_path: Path) -> None:
     assert health["status"] == "ok"
     assert health["applied_revision"] == 4
     assert health["connected"] is False
+
+
+@pytest.mark.parametrize(("interval", "poke"), [(0.05, False), (3600.0, True)])
+async def test_running_agent_repairs_drift_periodically_or_on_request(
+    tmp_path: Path, interval: float, poke: bool
+) -> None:
+    StateCache(tmp_path).save(7, desired(service("web", 80, "10.1.0.1")))
+    dataplane = MemoryDataplane()
+    agent = make_agent(tmp_path, dataplane, resync_interval=interval)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            while WEB not in dataplane.table:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            dataplane.table.clear()  # someone ran `ipvsadm -C`
+            if poke:
+                agent.request_resync()
+            while WEB not in dataplane.table:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task

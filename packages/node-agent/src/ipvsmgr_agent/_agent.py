@@ -7,6 +7,7 @@ while the control plane is away; nothing here ever flushes the dataplane on its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Collection, Coroutine
 from typing import Any
 
@@ -64,6 +65,7 @@ class Agent:
         self.metrics_server = _metrics_server(config, self.metrics, self.status)
         self._cache_delay = cache_delay
         self._cache_dirty = asyncio.Event()
+        self._resync_now = asyncio.Event()
         self._log = structlog.get_logger("ipvsmgr_agent").bind(node=config.node_id)
 
     @property
@@ -189,10 +191,17 @@ class Agent:
     def _on_connect(self) -> None:
         self.reporter.resend()
 
+    def request_resync(self) -> None:
+        """Re-read the dataplane now instead of at the next interval (SIGHUP)."""
+        self._resync_now.set()
+
     async def _resync_loop(self) -> None:
         """Periodically re-read the whole dataplane and repair drift (e.g. someone ran `ipvsadm -C`)."""
         while True:
-            await asyncio.sleep(self.config.resync_interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.resync_interval):
+                    await self._resync_now.wait()
+            self._resync_now.clear()
             if self.has_state:
                 await self._apply(None, self._log.bind(revision=self.model.revision, source="resync"))
 

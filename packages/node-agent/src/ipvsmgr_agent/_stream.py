@@ -64,6 +64,7 @@ class WatchClient:
         self._connect_timeout = connect_timeout
         self._stable_after = stable_after
         self._log = structlog.get_logger("ipvsmgr_agent.stream")
+        self._failures = 0  # sessions in a row that made no progress
         self.stub: v1.AgentServiceStub | None = None
         self.server: Endpoint | None = None
         self.connected = asyncio.Event()
@@ -74,9 +75,12 @@ class WatchClient:
             server = self._servers[attempt % len(self._servers)]
             if await self._session(server):
                 self._backoff.reset()
+                self._failures = 0
+            else:
+                self._failures += 1
             delay = self._backoff.next()
             following = self._servers[(attempt + 1) % len(self._servers)]
-            self._log.info("reconnecting", server=str(following), delay=round(delay, 3))
+            self._log.debug("reconnecting", server=str(following), delay=round(delay, 3))
             await asyncio.sleep(delay)
 
     async def _session(self, server: Endpoint) -> bool:
@@ -99,7 +103,9 @@ class WatchClient:
                     await self._on_update(update)
             log.warning("server ended the stream")
         except _EXPECTED as err:
-            log.warning("stream failed", error=_describe(err))
+            # Loud for the first round of servers of an outage, quiet while retrying after that.
+            quiet = self._failures >= len(self._servers)
+            (log.debug if quiet else log.warning)("stream failed", error=_describe(err))
         except Exception:
             log.exception("stream failed unexpectedly")
         finally:

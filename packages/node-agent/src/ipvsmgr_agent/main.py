@@ -34,15 +34,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def serve(config: AgentConfig) -> int:
-    """Run one agent; SIGTERM and SIGINT stop it gracefully (rules and addresses stay)."""
+    """Run one agent; SIGTERM and SIGINT stop it gracefully (rules and addresses stay), SIGHUP resyncs."""
     log = structlog.get_logger("ipvsmgr_agent").bind(node=config.node_id)
     selection = select_dataplane(config.dataplane)
     log.info("dataplane selected", dataplane=selection.dataplane.name, reason=selection.reason)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    agent = Agent(config, selection)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _stopper(stop, sig, log))
-    await Agent(config, selection).run(stop)
+    loop.add_signal_handler(signal.SIGHUP, _resyncer(agent, log))
+    await agent.run(stop)
     return EXIT_OK
 
 
@@ -50,6 +52,14 @@ def _stopper(stop: asyncio.Event, sig: signal.Signals, log: Any) -> Callable[[],
     def handle() -> None:
         log.info("stopping", signal=sig.name)
         stop.set()
+
+    return handle
+
+
+def _resyncer(agent: Agent, log: Any) -> Callable[[], None]:
+    def handle() -> None:
+        log.info("SIGHUP: re-reading the dataplane now")
+        agent.request_resync()
 
     return handle
 
