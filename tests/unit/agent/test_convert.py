@@ -160,3 +160,18 @@ def test_model_round_trips_through_proto() -> None:
     again = model_with(*model.to_proto().services, vips=model.to_proto().vips)
     assert again.table == model.table
     assert again.addresses() == model.addresses()
+
+
+def test_model_keeps_the_last_good_version_of_a_service_that_turns_invalid() -> None:
+    model = model_with(web())
+    key = ServiceKey("tcp", "10.0.0.10", 80)
+    good = model.table[key]
+    touched = model.apply_delta(v1.Delta(upsert_services=[web(protocol="quic")]), revision=6)
+    assert model.table == {key: good}
+    assert touched == {key}
+    assert model.errors() == ["service 'web': unknown protocol 'quic'; keeping its previous version"]
+    model.replace(v1.DesiredState(services=[web(protocol="quic")]), revision=7)
+    assert model.table == {key: good}
+    model.apply_delta(v1.Delta(delete_services=["web"]), revision=8)
+    assert model.table == {}
+    assert model.errors() == []

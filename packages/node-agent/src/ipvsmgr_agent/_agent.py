@@ -159,9 +159,11 @@ class Agent:
         """Reconcile the dataplane with the model (`keys` = only those services), then report."""
         errors = await self.reconciler.reconcile(self.model.table, self.model.addresses(), keys)
         self.has_state = True
-        self.errors = sorted([*self.model.errors(), *errors])
-        for error in self.errors:
+        previous, self.errors = set(self.errors), sorted([*self.model.errors(), *errors])
+        for error in sorted(set(self.errors) - previous):  # each error logged once, not on every resync
             log.warning("not applied", error=error)
+        if previous and not self.errors:
+            log.info("all errors resolved")
         self._after_apply(log)
 
     def _after_apply(self, log: Any) -> None:

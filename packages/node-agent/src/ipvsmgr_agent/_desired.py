@@ -42,10 +42,11 @@ class DesiredModel:
 
     def replace(self, state: v1.DesiredState, revision: int) -> None:
         """Adopt a full desired state."""
+        previous = self._states
         self._reset()
         for svc in state.services:
             self._remove(svc.name)
-            self._add(svc)
+            self._add(svc, previous.get(svc.name))
         for vip in state.vips:
             self._vips[_vip_id(vip.address)] = vip
         for key in list(self._names):
@@ -58,8 +59,9 @@ class DesiredModel:
         for name in delta.delete_services:
             touched |= self._remove(name)
         for svc in delta.upsert_services:
+            previous = self._states.get(svc.name)
             touched |= self._remove(svc.name)
-            touched |= self._add(svc)
+            touched |= self._add(svc, previous)
         for address in delta.delete_vips:
             self._vips.pop(_vip_id(address), None)
         for vip in delta.upsert_vips:
@@ -69,15 +71,19 @@ class DesiredModel:
         self.revision = revision
         return touched
 
-    def _add(self, svc: v1.Service) -> set[ServiceKey]:
+    def _add(self, svc: v1.Service, previous: ServiceState | None = None) -> set[ServiceKey]:
+        """Add a service; if it cannot be expressed, keep its `previous` version rather than drop it."""
         self._services[svc.name] = svc
         if svc.vip:
             self._service_vips[svc.vip] += 1
         try:
             state = service_state(svc)
         except ConversionError as err:
-            self._invalid[svc.name] = str(err)
-            return set()
+            kept = "; keeping its previous version" if previous is not None else ""
+            self._invalid[svc.name] = f"{err}{kept}"
+            if previous is None:
+                return set()
+            state = previous
         self._states[svc.name] = state
         self._names.setdefault(state.spec.key, set()).add(svc.name)
         return {state.spec.key}

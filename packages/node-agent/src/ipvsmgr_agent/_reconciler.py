@@ -64,7 +64,6 @@ class _Outcome:
 
     errors: dict[ServiceKey, list[str]] = field(default_factory=dict)
     not_added: set[ServiceKey] = field(default_factory=set)
-    applied: int = 0
 
 
 class ErrorBook:
@@ -148,9 +147,13 @@ class Reconciler:
         ops = plan(self._actual, desired, self._owned, scope)
         if full and ops:
             self._log.info("dataplane differs from the desired state", ops=len(ops))
-        await self._save_owned(self._owned | (scope & desired.keys()))
+        adopted = {k for k in scope if k in desired and k not in self._owned}
+        if adopted:
+            await self._save_owned(self._owned | adopted)
         outcome = await self._apply(ops)
-        await self._save_owned(self._settle_owned(scope, desired))
+        released = self._released(scope, desired)
+        if released:
+            await self._save_owned(self._owned - released)
         for key, messages in outcome.errors.items():
             for message in messages:
                 self.errors.add(key, message)
@@ -171,16 +174,15 @@ class Reconciler:
             return False
         return True
 
-    def _settle_owned(self, scope: set[ServiceKey], desired: Table) -> set[ServiceKey]:
-        """Desired keys are owned; an owned key that is neither desired nor present any more is released."""
+    def _released(self, scope: set[ServiceKey], desired: Table) -> set[ServiceKey]:
+        """Owned keys that are neither desired nor present any more (deleted, or gone by other hands)."""
         actual = self._actual
-        gone = set() if actual is None else {k for k in scope & self._owned if k not in desired and k not in actual}
-        return (self._owned - gone) | (scope & desired.keys())
+        if actual is None:
+            return set()
+        return {k for k in scope if k in self._owned and k not in desired and k not in actual}
 
     async def _save_owned(self, owned: set[ServiceKey]) -> None:
         """Persist ownership before acting on it: a crash may then leak a service, never delete a foreign one."""
-        if owned == self._owned:
-            return
         self._owned = owned
         self.errors.clear([_STATE])
         try:
@@ -211,7 +213,6 @@ class Reconciler:
             return
         self._metrics.dataplane_ops.labels(kind, "ok").inc()
         self._log.info("dataplane operation", op=describe(op))
-        outcome.applied += 1
         self._mirror(op)
 
     def _mirror(self, op: Op) -> None:
