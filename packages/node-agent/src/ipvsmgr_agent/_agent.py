@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Collection, Coroutine
+from collections.abc import Collection, Coroutine, Iterator
 from typing import Any
 
 import structlog
@@ -75,22 +75,27 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start, serve until `stop` is set (or a background loop dies of a bug), then close."""
-        await self.start()
-        loops = [self.stream.run(), self.reporter.run(), self._resync_loop(), self._cache_loop()]
         try:
-            await _until_stopped(stop, loops)
+            await self.start()
+            await _until_stopped(
+                stop, [self.stream.run(), self.reporter.run(), self._resync_loop(), self._cache_loop()]
+            )
         finally:
             await self.close()
 
     async def start(self) -> None:
         """Open the dataplane, then serve the cached desired state (if any) before connecting."""
         self._log.info("starting", dataplane=self.selection.dataplane.name, reason=self.selection.reason)
-        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        with _failing_as("cannot create the state directory"):
+            self.config.state_dir.mkdir(parents=True, exist_ok=True)
         self.reconciler.load_owned(self._load_owned())
-        await self.selection.dataplane.start()
-        await self.selection.addresses.start()
+        with _failing_as(f"cannot start the {self.selection.dataplane.name} dataplane"):
+            await self.selection.dataplane.start()
+        with _failing_as("cannot start the address manager"):
+            await self.selection.addresses.start()
         if self.metrics_server is not None:
-            await self.metrics_server.start()
+            with _failing_as(f"cannot serve metrics on {self.config.listen_metrics}"):
+                await self.metrics_server.start()
         await self._restore_cache()
 
     async def close(self) -> None:
@@ -235,6 +240,18 @@ class Agent:
             "applied_revision": self.applied_revision,
             "errors": self.errors,
         }
+
+
+class StartupError(Exception):
+    """The agent cannot start; the message says what failed and why (no traceback needed)."""
+
+
+@contextlib.contextmanager
+def _failing_as(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        raise StartupError(f"{what}: {err}") from err
 
 
 def _metrics_server(config: AgentConfig, metrics: Metrics, status: Any) -> MetricsServer | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 
-from ._agent import Agent
+from ._agent import Agent, StartupError
 from ._config import AgentConfig, parse_args
 from ._logging import configure_logging
 from .dataplane._select import DataplaneUnavailable, select_dataplane
@@ -28,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataplaneUnavailable as err:
         log.error("no usable dataplane", error=str(err))
         return EXIT_UNAVAILABLE
+    except StartupError as err:
+        log.error("cannot start", error=str(err))
+        return EXIT_FAILED
     except Exception as err:
         log.exception("agent failed", error=str(err))
         return EXIT_FAILED
