@@ -1,9 +1,9 @@
 """Benchmarks that print tables; nothing here asserts a timing.
 
-    python tests/bench/run.py                 # all host benchmarks
-    python tests/bench/run.py latency         # REST write -> applied on the agent (userspace dataplane)
-    python tests/bench/run.py reconcile       # one change in a table of 1,000 / 10,000 services (memory dataplane)
-    python tests/bench/run.py reconcile --dataplane ipvs   # the same against the kernel (run inside the VM)
+python tests/bench/run.py                 # all host benchmarks
+python tests/bench/run.py latency         # REST write -> applied on the agent (userspace dataplane)
+python tests/bench/run.py reconcile       # one change in a table of 1,000 / 10,000 services (memory dataplane)
+python tests/bench/run.py reconcile --dataplane ipvs   # the same against the kernel (run inside the VM)
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import statistics
 import sys
 import tempfile
 import time
@@ -21,12 +20,10 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _support import processes as p  # noqa: E402
-
-from ipvsmgr_agent._metrics import Metrics  # noqa: E402
-from ipvsmgr_agent._reconciler import Reconciler  # noqa: E402
-from ipvsmgr_agent._state import OwnedStore  # noqa: E402
-from ipvsmgr_agent.dataplane import (  # noqa: E402
+from ipvsmgr_agent._metrics import Metrics
+from ipvsmgr_agent._reconciler import Reconciler
+from ipvsmgr_agent._state import OwnedStore
+from ipvsmgr_agent.dataplane import (
     Dataplane,
     DestKey,
     DestSpec,
@@ -37,6 +34,8 @@ from ipvsmgr_agent.dataplane import (  # noqa: E402
     ServiceState,
     Table,
 )
+
+from _support import processes as p
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -98,7 +97,10 @@ def table_of(n: int, backends: int, base: str) -> Table:
     table: Table = {}
     for i in range(n):
         key = ServiceKey("tcp", f"{base}.{i // 250}.{i % 250 + 1}", 80)
-        dests = {DestKey(f"10.201.{j}.{i % 250 + 1}", 8080): DestSpec(DestKey(f"10.201.{j}.{i % 250 + 1}", 8080), 1) for j in range(backends)}
+        dests = {
+            DestKey(f"10.201.{j}.{i % 250 + 1}", 8080): DestSpec(DestKey(f"10.201.{j}.{i % 250 + 1}", 8080), 1)
+            for j in range(backends)
+        }
         table[key] = ServiceState(ServiceSpec(key, "wrr"), dests)
     return table
 

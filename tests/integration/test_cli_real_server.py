@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from _support import processes as p
 
 CLI = str(p.BIN / "ipvsmgr")

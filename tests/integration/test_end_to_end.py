@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from _support import processes as p
 from _support.backends import Backend, fetch, spread
 

@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from ipvsmgr_agent.dataplane._addresses import DummyLinkAddresses, kernel_has_ipvs
 from kernel._lab import sh
+
+from ipvsmgr_agent.dataplane._addresses import DummyLinkAddresses, kernel_has_ipvs
 
 LINK = "ipvsmgrt0"
 

@@ -6,11 +6,12 @@ import copy
 from collections.abc import AsyncIterator
 
 import pytest
+from kernel._lab import ipvsadm_table, service, sh
+
 from ipvsmgr_agent._plan import owned_after, plan
 from ipvsmgr_agent.dataplane._ipvs import IpvsDataplane, IpvsError
 from ipvsmgr_agent.dataplane._model import DestKey, DestSpec, ServiceKey, ServiceSpec, Table
 from ipvsmgr_agent.dataplane._ops import AddDest, AddService, DelDest, DelService, Op, SetDest, SetService
-from kernel._lab import ipvsadm_table, service, sh
 
 WEB = ServiceKey("tcp", "10.0.0.10", 80)
 DNS = ServiceKey("udp", "10.0.0.11", 53)

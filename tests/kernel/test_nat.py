@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ipvsmgr_agent.dataplane._nat import ensure_nat_prerequisites, remove_nat_rules
 from kernel._lab import sh
+
+from ipvsmgr_agent.dataplane._nat import ensure_nat_prerequisites, remove_nat_rules
 
 
 def sysctl(key: str) -> str:

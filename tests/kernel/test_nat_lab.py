@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from kernel._lab import Lab, LineClient, service, sh
+
 from ipvsmgr_agent._plan import plan
 from ipvsmgr_agent.dataplane._addresses import DummyLinkAddresses
 from ipvsmgr_agent.dataplane._ipvs import IpvsDataplane
 from ipvsmgr_agent.dataplane._model import DestKey, DestSpec, ServiceKey, Table
 from ipvsmgr_agent.dataplane._nat import ensure_nat_prerequisites
 from ipvsmgr_agent.dataplane._ops import Op, SetDest, SetService
-from kernel._lab import Lab, LineClient, service, sh
 
 VIP, PORT, BACKEND_PORT = "10.77.0.10", 8080, 9000
 KEY = ServiceKey("tcp", VIP, PORT)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+
 from ipvsmgr_agent._agent import Agent
 from ipvsmgr_agent._config import AgentConfig, Endpoint
 from ipvsmgr_agent._state import OwnedStore, StateCache, StateFileError, write_atomic

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from ipvsmgr_agent._config import AgentConfig, Endpoint, parse_args
 from ipvsmgr_agent.dataplane._select import DataplaneUnavailable, NoAddresses, select_dataplane
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from ipvsmgr_agent._convert import ConversionError, service_key, service_state, vip_addresses
 from ipvsmgr_agent._desired import DesiredModel
 from ipvsmgr_agent.dataplane import DestKey, DestSpec, ServiceKey, ServiceSpec

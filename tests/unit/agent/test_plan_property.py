@@ -6,6 +6,7 @@ import copy
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from ipvsmgr_agent._plan import plan
 from ipvsmgr_agent.dataplane import (
     AddDest,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from ipvsmgr_agent._metrics import Metrics
 from ipvsmgr_agent._reconciler import Reconciler
 from ipvsmgr_agent._state import OwnedStore

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from grpclib.server import Server
 from grpclib.testing import ChannelFor
+
 from ipvsmgr_agent._agent import Agent
 from ipvsmgr_agent._backoff import Backoff
 from ipvsmgr_agent._config import AgentConfig, Endpoint

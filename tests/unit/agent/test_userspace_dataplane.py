@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import pytest
 import structlog
+
 from ipvsmgr_agent.dataplane._model import DestKey, DestSpec, ServiceKey, ServiceSpec, ServiceState
 from ipvsmgr_agent.dataplane._ops import AddDest, AddService, DelDest, DelService, SetDest, SetService
 from ipvsmgr_agent.dataplane._protocol import Dataplane

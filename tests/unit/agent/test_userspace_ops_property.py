@@ -12,6 +12,7 @@ import socket
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from ipvsmgr_agent.dataplane._model import DestKey, DestSpec, ServiceKey, ServiceSpec, Table
 from ipvsmgr_agent.dataplane._ops import (
     AddDest,

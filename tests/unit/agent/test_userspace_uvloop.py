@@ -10,6 +10,7 @@ import asyncio
 import socket
 
 import pytest
+
 from ipvsmgr_agent.dataplane._model import DestKey, DestSpec, ServiceKey, ServiceSpec
 from ipvsmgr_agent.dataplane._ops import AddDest, AddService
 from ipvsmgr_agent.dataplane._userspace import UserspaceDataplane

@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from _support.control_plane import Plane, open_plane
 from aiohttp.test_utils import TestClient, TestServer
 
 from ipvsmgr_control.api import build_app
+
+from _support.control_plane import Plane, open_plane
 
 
 @pytest.fixture

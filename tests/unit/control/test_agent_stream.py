@@ -7,11 +7,13 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from _support.control_plane import Plane
 from grpclib.testing import ChannelFor
+
 from ipvsmgr_control.agents import AgentApi
 from ipvsmgr_control.state import schema
 from ipvsmgr_proto import v1
+
+from _support.control_plane import Plane
 
 
 async def write(plane: Plane, op: str, kind: str, obj: dict[str, Any], key: str = "") -> Any:

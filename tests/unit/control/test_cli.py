@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
+
 from ipvsmgr_control.cli import main
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
+
 from ipvsmgr_control.cli._client import build_path, normalize_endpoints
 from ipvsmgr_control.cli._commands_apply import change_lines, field_changes
 from ipvsmgr_control.cli._commands_node import sync_text

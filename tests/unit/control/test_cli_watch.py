@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+
 from ipvsmgr_control.cli import main
 from ipvsmgr_control.cli._commands_watch import Watcher
 from ipvsmgr_control.cli._sse import SseEvent, SseParser

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from _support.control_plane import Plane, open_plane
 from ipvsmgr_proto.v1 import LogEntry
+
+from _support.control_plane import Plane, open_plane
 
 
 def put_service(name: str, port: int) -> bytes:

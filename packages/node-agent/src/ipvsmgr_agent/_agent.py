@@ -12,6 +12,7 @@ from collections.abc import Collection, Coroutine, Iterator
 from typing import Any
 
 import structlog
+
 from ipvsmgr_proto import v1
 
 from ._backoff import Backoff

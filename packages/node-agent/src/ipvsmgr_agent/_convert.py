@@ -9,6 +9,7 @@ import ipaddress
 from collections.abc import Iterable
 
 import betterproto
+
 from ipvsmgr_proto import v1
 
 from .dataplane import DestKey, DestSpec, ServiceKey, ServiceSpec, ServiceState, canonical_address, family_of

@@ -11,6 +11,7 @@ import asyncio
 from typing import Protocol
 
 import structlog
+
 from ipvsmgr_proto import v1
 
 from ._backoff import Backoff

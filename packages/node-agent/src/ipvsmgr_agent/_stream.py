@@ -18,6 +18,7 @@ from grpclib.client import Channel
 from grpclib.config import Configuration
 from grpclib.const import Cardinality
 from grpclib.exceptions import StreamTerminatedError
+
 from ipvsmgr_proto import v1
 
 from ._backoff import Backoff

@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 from grpclib import GRPCError, Status
+
 from ipvsmgr_proto import v1
 
 from ..raft import Consensus, NoQuorum, NotLeader

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+
 from ipvsmgr_proto import backend_id, parse_backend_id
 
 from ..state import Conflict, NotFound, PreconditionFailed, content, schema

@@ -12,6 +12,7 @@ import contextlib
 from typing import Any
 
 import structlog
+
 from ipvsmgr_proto.v1 import EntryType, LogEntry
 
 from ._consensus import ClusterStatus, MemberStatus

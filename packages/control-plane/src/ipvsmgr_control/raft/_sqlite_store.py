@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiosqlite
+
 from ipvsmgr_proto.v1 import EntryType, LogEntry
 
 from ._stable_store import HardState

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiosqlite
 import structlog
+
 from ipvsmgr_proto.v1 import EntryType, LogEntry
 
 from ..raft import open_durable
