@@ -34,6 +34,9 @@ class ServerConfig:
     log_format: str = "auto"
 
 
+# Everything but the log format is bound at start-up.
+RESTART_FIELDS = tuple(f.name for f in fields(ServerConfig) if f.name != "log_format")
+
 HELP = {
     "name": "this member's name, unique in the cluster (default: n1)",
     "data_dir": "where the Raft log and the state database live (default: ./ipvsmgr-data)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -39,7 +40,7 @@ def _peer_app() -> web.Application:
     return app
 
 
-async def run(config: _config.ServerConfig) -> None:
+async def run(config: _config.ServerConfig, argv: list[str] | None = None) -> None:
     data = Path(config.data_dir)
     data.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before serving
     log_store = await SqliteLogStore.open(data / "raft-log.db")
@@ -55,7 +56,7 @@ async def run(config: _config.ServerConfig) -> None:
     runners.append(await _serve_http(_peer_app(), config.listen_peer))
     log.info("ipvsmgr-server ready", name=config.name, api=config.listen_api, grpc=config.listen_grpc)
     try:
-        await _wait_for_signal()
+        await _wait_for_signal(lambda: _reload(config, argv))
     finally:
         log.info("shutting down")
         grpc.close()
@@ -67,19 +68,33 @@ async def run(config: _config.ServerConfig) -> None:
         await log_store.close()
 
 
-async def _wait_for_signal() -> None:
+async def _wait_for_signal(reload: Callable[[], None]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await stop.wait()
+
+
+def _reload(running: _config.ServerConfig, argv: list[str] | None) -> None:
+    """SIGHUP: re-read flags, environment and file; apply what can change live, name what needs a restart."""
+    try:
+        fresh = _config.load(argv)
+    except SystemExit:  # argparse already printed why the new configuration is invalid
+        log.error("configuration reload failed; keeping the running configuration")
+        return
+    _logging.configure(fresh.log_format)
+    needs_restart = [f for f in _config.RESTART_FIELDS if getattr(fresh, f) != getattr(running, f)]
+    running.log_format = fresh.log_format
+    log.info("configuration reloaded", log_format=fresh.log_format, needs_restart=needs_restart or None)
 
 
 def main(argv: list[str] | None = None) -> None:
     config = _config.load(argv)
     _logging.configure(config.log_format)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(config))
+        asyncio.run(run(config, argv))
 
 
 if __name__ == "__main__":
