@@ -7,19 +7,21 @@ Every namespace, link and process made here is removed/stopped by the lab that m
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ipvsmgr_agent.dataplane._model import DestKey, DestSpec, ServiceKey, ServiceSpec, ServiceState, Table
 
 CLONE_NEWNET = 0x40000000
+BACKEND_PORT = 9000  # where the lab's line servers listen
 _FORWARD_NAMES = {"Masq": "nat", "Route": "dr", "Tunnel": "tunnel", "Local": "local", "Bypass": "bypass"}
 
 
@@ -167,19 +169,26 @@ class LineClient:
 _LINE_SERVER = r"""
 import socket, sys, threading
 name, port = sys.argv[1], int(sys.argv[2])
-family = socket.AF_INET6 if sys.argv[3] == "6" else socket.AF_INET
-srv = socket.socket(family, socket.SOCK_STREAM)
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
-srv.listen(64)
-print("ready", flush=True)
+def listener(family, host):
+    srv = socket.socket(family, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    srv.bind((host, port))
+    srv.listen(64)
+    return srv
 def serve(conn, peer):
     with conn, conn.makefile("r") as lines:
         for line in lines:
             conn.sendall(f"{name} {peer[0]} {line}".encode())
-while True:
-    conn, peer = srv.accept()
-    threading.Thread(target=serve, args=(conn, peer), daemon=True).start()
+def accept(srv):
+    while True:
+        conn, peer = srv.accept()
+        threading.Thread(target=serve, args=(conn, peer), daemon=True).start()
+servers = [listener(socket.AF_INET, "0.0.0.0"), listener(socket.AF_INET6, "::")]
+print("ready", flush=True)
+for srv in servers:
+    threading.Thread(target=accept, args=(srv,)).start()
 """
 
 
@@ -190,6 +199,8 @@ class Netns:
     name: str
     address: str  # inside the namespace
     gateway: str  # the root namespace's end
+    address6: str
+    gateway6: str
     prefix: int = 24
     processes: list[subprocess.Popen[str]] = field(default_factory=list)
 
@@ -205,17 +216,20 @@ class Netns:
         self.run("ip", "addr", "add", f"{self.address}/{self.prefix}", "dev", "eth0")
         self.run("ip", "link", "set", "eth0", "up")
         self.run("ip", "link", "set", "lo", "up")
+        # nodad: duplicate address detection would hold the addresses back for a second or more.
+        sh("ip", "addr", "add", f"{self.gateway6}/64", "dev", self.host_link, "nodad")
+        self.run("ip", "addr", "add", f"{self.address6}/64", "dev", "eth0", "nodad")
         if default_route:
             self.run("ip", "route", "add", "default", "via", self.gateway)
+            self.run("ip", "-6", "route", "add", "default", "via", self.gateway6)
 
     def run(self, *cmd: str) -> str:
         return sh("ip", "netns", "exec", self.name, *cmd)
 
     def start_line_server(self, name: str, port: int) -> None:
         """Start the line server in this namespace and wait until it listens."""
-        family = "6" if ":" in self.address else "4"
         # -S: stdlib only, which skips site-packages scanning (seconds under TCG).
-        cmd = ["ip", "netns", "exec", self.name, sys.executable, "-S", "-c", _LINE_SERVER, name, str(port), family]
+        cmd = ["ip", "netns", "exec", self.name, sys.executable, "-S", "-c", _LINE_SERVER, name, str(port)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         self.processes.append(proc)
         assert proc.stdout is not None
@@ -236,27 +250,40 @@ class Netns:
 class Lab:
     """A client namespace and backend namespaces, each on its own veth to the root namespace.
 
-    Addresses: client 10.77.1.2 (gateway 10.77.1.1); backend i 10.77.(10+i).2 (gateway
-    10.77.(10+i).1). Backends get a default route only with `backends_route_back`, so by
-    default their replies reach the client only if the load balancer masquerades.
+    Addresses: client 10.77.1.2 / fd77:1::2 (gateways .1 / ::1); backend i 10.77.(10+i).2 /
+    fd77:(10+i)::2. Backends have no default route (see `routed_back`), so their replies
+    reach the client only if the load balancer masquerades.
     """
 
     backends: int = 2
-    backends_route_back: bool = False
     client: Netns = field(init=False)
     servers: list[Netns] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.client = Netns("ipvsmgr-client", "10.77.1.2", "10.77.1.1")
-        self.servers = [Netns(f"ipvsmgr-b{i}", f"10.77.{10 + i}.2", f"10.77.{10 + i}.1") for i in range(self.backends)]
+        self.client = Netns("ipvsmgr-client", "10.77.1.2", "10.77.1.1", "fd77:1::2", "fd77:1::1")
+        self.servers = [
+            Netns(f"ipvsmgr-b{i}", f"10.77.{10 + i}.2", f"10.77.{10 + i}.1", f"fd77:{10 + i}::2", f"fd77:{10 + i}::1")
+            for i in range(self.backends)
+        ]
 
     def __enter__(self) -> Lab:
-        sh("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        sh("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
         self.client.create(default_route=True)
         for ns in self.servers:
-            ns.create(default_route=self.backends_route_back)
+            ns.create(default_route=False)
         return self
 
     def __exit__(self, *exc: object) -> None:
         for ns in [self.client, *self.servers]:
             ns.destroy()
+
+    @contextlib.contextmanager
+    def routed_back(self) -> Iterator[None]:
+        """Backends route replies through the load balancer (classic two-armed NAT) meanwhile."""
+        for ns in self.servers:
+            ns.run("ip", "route", "add", "default", "via", ns.gateway)
+        try:
+            yield
+        finally:
+            for ns in self.servers:
+                ns.run("ip", "route", "del", "default")

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kernel._lab import sh
+from kernel._lab import BACKEND_PORT, Lab, sh
 
 HERE = Path(__file__).resolve().parent
 
@@ -54,3 +54,13 @@ def clean_kernel() -> Iterator[None]:
 def _flush() -> None:
     sh("ipvsadm", "-C")
     sh("nft", "delete", "table", "inet", "ipvsmgr", check=False)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    """Client and two backend namespaces with line servers, shared by the traffic tests
+    (building it costs seconds under TCG); tests leave it as they found it."""
+    with Lab(backends=2) as running:
+        for i, ns in enumerate(running.servers):
+            ns.start_line_server(f"b{i}", BACKEND_PORT)
+        yield running

@@ -11,25 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kernel._lab import Lab, LineClient, ipvsadm_table, service, sh, wait_for
+from kernel._lab import BACKEND_PORT, Lab, LineClient, ipvsadm_table, service, sh, wait_for
 
 from ipvsmgr_agent.dataplane._model import DestKey, DestSpec, ServiceKey, Table
 
 from _support import processes as p
 
-VIP, PORT, BACKEND_PORT = "10.77.0.20", 8080, 9000
+VIP, PORT = "10.77.0.20", 8080
 KEY = ServiceKey("tcp", VIP, PORT)
 FOREIGN = ServiceKey("tcp", "10.9.9.9", 80)
 STARTUP = 180.0  # python start-up of a server or agent under TCG emulation takes a while
 CONVERGE = 60.0
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    with Lab(backends=2) as running:
-        for i, ns in enumerate(running.servers):
-            ns.start_line_server(f"b{i}", BACKEND_PORT)
-        yield running
 
 
 @pytest.fixture
@@ -38,12 +30,15 @@ def stack(tmp_path: Path) -> Iterator[tuple[p.Server, p.Process]]:
     server = p.server(tmp_path)
     agent = p.agent(tmp_path, [server.grpc], "lb1", "ipvs", "--resync-interval", "2")
     try:
-        p.start_server(server, timeout=STARTUP)
+        # Both start at once: the agent retries until the server listens, and under TCG
+        # each Python start-up takes tens of seconds.
+        server.start()
         agent.start()
         try:
+            wait_for(server.ready, STARTUP, "the server to be ready")
             wait_for(lambda: agent_connected(server), STARTUP, "the agent to connect")
         except TimeoutError as exc:
-            pytest.fail(f"{exc}\nagent log:\n{agent.log()[-4000:]}")
+            pytest.fail(f"{exc}\nserver log:\n{server.log()[-3000:]}\nagent log:\n{agent.log()[-3000:]}")
         yield server, agent
     finally:
         agent.stop()
@@ -77,6 +72,7 @@ def patch(server: p.Server, path: str, body: dict[str, object]) -> None:
     assert status == 200, (path, reply)
 
 
+@pytest.mark.timeout(900)
 def test_rest_to_kernel_to_traffic(lab: Lab, stack: tuple[p.Server, p.Process]) -> None:
     server, agent = stack
     sh("ipvsadm", "-A", "-t", "10.9.9.9:80", "-s", "rr")

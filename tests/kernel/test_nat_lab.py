@@ -6,10 +6,10 @@ rule that ensure_nat_prerequisites installs.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
-from kernel._lab import Lab, LineClient, service, sh
+from kernel._lab import BACKEND_PORT, Lab, LineClient, service, sh
 
 from ipvsmgr_agent._plan import plan
 from ipvsmgr_agent.dataplane._addresses import DummyLinkAddresses
@@ -18,17 +18,10 @@ from ipvsmgr_agent.dataplane._model import DestKey, DestSpec, ServiceKey, Table
 from ipvsmgr_agent.dataplane._nat import ensure_nat_prerequisites
 from ipvsmgr_agent.dataplane._ops import Op, SetDest, SetService
 
-VIP, PORT, BACKEND_PORT = "10.77.0.10", 8080, 9000
+VIP, VIP6, PORT = "10.77.0.10", "fd77::10", 8080
 KEY = ServiceKey("tcp", VIP, PORT)
+KEY6 = ServiceKey("tcp", VIP6, PORT, 0, 6)
 LINK = "ipvsmgrlab0"
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    with Lab(backends=2) as running:
-        for i, ns in enumerate(running.servers):
-            ns.start_line_server(f"b{i}", BACKEND_PORT)
-        yield running
 
 
 @pytest.fixture
@@ -38,8 +31,8 @@ async def lb(lab: Lab) -> AsyncIterator[IpvsDataplane]:
     dataplane = IpvsDataplane()
     await addresses.start()
     await dataplane.start()
-    await addresses.sync({VIP})
-    await ensure_nat_prerequisites([VIP], [ns.address for ns in lab.servers])
+    await addresses.sync({VIP, VIP6})
+    await ensure_nat_prerequisites([VIP, VIP6], [a for ns in lab.servers for a in (ns.address, ns.address6)])
     yield dataplane
     await dataplane.close()
     await addresses.close()
@@ -73,6 +66,18 @@ async def test_connections_spread_over_nat_backends(lab: Lab, lb: IpvsDataplane)
         seen[name] = peer
     # Each backend saw the load balancer's address on its own link (masquerade), not the client.
     assert seen == {"b0": lab.servers[0].gateway, "b1": lab.servers[1].gateway}
+
+
+async def test_ipv6_connections_spread_over_nat_backends(lab: Lab, lb: IpvsDataplane) -> None:
+    dests = [DestSpec(DestKey(ns.address6, BACKEND_PORT), 1, "nat") for ns in lab.servers]
+    await converge(lb, {KEY6: service(KEY6, "rr", dests)})
+    seen: dict[str, str] = {}
+    for i in range(4):
+        client = LineClient(lab.client.name, VIP6, PORT)
+        name, peer, _ = client.ask(f"hello-{i}").split()
+        client.close()
+        seen[name] = peer
+    assert seen == {"b0": lab.servers[0].gateway6, "b1": lab.servers[1].gateway6}
 
 
 async def test_long_lived_connection_survives_weight_and_scheduler_changes(lab: Lab, lb: IpvsDataplane) -> None:
@@ -109,21 +114,12 @@ async def test_long_lived_connection_survives_weight_and_scheduler_changes(lab: 
     client.close()
 
 
-async def test_client_address_kept_for_networks_routed_back() -> None:
+async def test_client_address_kept_for_networks_routed_back(lab: Lab, lb: IpvsDataplane) -> None:
     """With keep_source_from, a backend that routes back through the LB sees the real client."""
-    with Lab(backends=1, backends_route_back=True) as lab:
-        lab.servers[0].start_line_server("b0", BACKEND_PORT)
-        addresses, dataplane = DummyLinkAddresses(LINK), IpvsDataplane()
-        await addresses.start()
-        await dataplane.start()
-        try:
-            await addresses.sync({VIP})
-            await ensure_nat_prerequisites([VIP], [lab.servers[0].address], keep_source_from=["10.77.1.0/24"])
-            await converge(dataplane, desired(lab, [1]))
-            client = LineClient(lab.client.name, VIP, PORT)
-            assert client.ask("hi") == f"b0 {lab.client.address} hi"
-            client.close()
-        finally:
-            await dataplane.close()
-            await addresses.close()
-            sh("ip", "link", "del", LINK, check=False)
+    backends = [ns.address for ns in lab.servers]
+    assert await ensure_nat_prerequisites([VIP], backends, keep_source_from=["10.77.1.0/24"])
+    await converge(lb, desired(lab, [1, 1]))
+    with lab.routed_back():
+        client = LineClient(lab.client.name, VIP, PORT)
+        assert client.ask("hi").split()[1] == lab.client.address
+        client.close()
