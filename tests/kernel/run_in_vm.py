@@ -14,15 +14,17 @@ IPVSMGR_VM_MEMORY (default 2G).
 from __future__ import annotations
 
 import glob
+import io
 import os
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, cast
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / ".kernel-out"
@@ -129,22 +131,49 @@ def vng_command(vng: str, kernel: Path) -> list[str]:
 
 
 def run_vm(command: list[str], timeout: float) -> int | None:
-    """Run vng with its output streamed to ours; None when the time limit killed it."""
+    """Run vng with its output copied to ours as it comes; None when the time limit killed it.
+
+    The copy goes through this process (not an inherited descriptor) because qemu reopens
+    its console and would otherwise write over our output when stdout is a plain file.
+    """
     env = dict(os.environ)
     # vng runs `virtme-run` and friends by name: they live beside this Python.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    copier = threading.Thread(target=_copy, args=(cast(io.BufferedReader, proc.stdout),), daemon=True)
+    copier.start()
     try:
-        return proc.wait(timeout=timeout)
+        status: int | None = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        # vng starts qemu as a child; its session (our own child's) goes as a whole.
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return None
+        status = None
     except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _kill(proc)
         raise
+    if status is None:
+        _kill(proc)
+    copier.join(timeout=10)
+    return status
+
+
+def _copy(stream: io.BufferedReader) -> None:
+    while chunk := stream.read1(65536):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    # vng starts qemu as a child; its session (our own child's) goes as a whole.
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def main() -> None:
