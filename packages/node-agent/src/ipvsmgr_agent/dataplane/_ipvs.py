@@ -43,9 +43,13 @@ _PERSISTENT = 0x1
 class IpvsError(RuntimeError):
     """A kernel refusal of one operation; the message names the service and destination."""
 
-    def __init__(self, what: str, code: int) -> None:
-        super().__init__(f"IPVS: {what} failed: {_reason(code)} (errno {code})")
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
         self.errno = code
+
+    @classmethod
+    def refused(cls, what: str, code: int) -> IpvsError:
+        return cls(f"IPVS: {what} failed: {_reason(code)} (errno {code})", code)
 
 
 def _reason(code: int) -> str:
@@ -75,7 +79,9 @@ class IpvsDataplane:
             await ipvs.setup_endpoint()
         except Exception as exc:
             ipvs.close()
-            raise IpvsError("opening the IPVS netlink family (is ip_vs loaded? try `modprobe ip_vs`)", 2) from exc
+            raise IpvsError(
+                f"IPVS is not available: its netlink family cannot be opened ({exc}); try `modprobe ip_vs`"
+            ) from exc
         self._ipvs = ipvs
 
     async def close(self) -> None:
@@ -125,7 +131,7 @@ async def _request(what: str, call: Any) -> Any:
     try:
         return await call
     except NetlinkError as exc:
-        raise IpvsError(what, exc.code) from exc
+        raise IpvsError.refused(what, exc.code) from exc
 
 
 # -- requests -----------------------------------------------------------------------
