@@ -112,7 +112,11 @@ def server(tmp: Path, name: str = "n1", data_dir: Path | None = None, api_port: 
     return Server(cmd, tmp / f"{name}.log", api=api, grpc=grpc, data_dir=data)
 
 
-def start_server(srv: Server, timeout: float = 30.0) -> Server:
+# Under the VM's software emulation a Python process takes tens of seconds just to import.
+START_TIMEOUT = 180.0 if os.environ.get("IPVSMGR_IN_VM") else 30.0
+
+
+def start_server(srv: Server, timeout: float = START_TIMEOUT) -> Server:
     srv.start()
     wait_until(srv.ready, timeout, f"ipvsmgr-server ready on {srv.api}\n{srv.log()}")
     return srv

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import subprocess
 import sys
 import tempfile
 import time
@@ -75,11 +76,13 @@ def bench_latency(dataplane: str, writes: int) -> None:
         srv = p.start_server(p.server(work))
         agent = p.agent(work, [srv.grpc], "bench-node", dataplane).start()
         try:
-            vip = "127.0.0.99" if dataplane == "userspace" else "10.99.0.1"
+            vip = "127.0.0.99"
             body = {"name": "bench", "vip": vip, "port": p.free_port(vip) if dataplane == "userspace" else 80}
             body["backends"] = [{"address": "127.0.0.1", "port": 9}]
             srv.request("POST", "/v1/services", body)
-            p.wait_until(lambda: applied_revision(srv, "bench-node") >= 2, 60, "the agent's first report")
+            p.wait_until(
+                lambda: applied_revision(srv, "bench-node") >= 2, 3 * p.START_TIMEOUT, "the agent's first report"
+            )
             samples = measure_latency(srv, "bench-node", writes)
         finally:
             agent.stop()
@@ -108,6 +111,7 @@ def table_of(n: int, backends: int, base: str) -> Table:
 def make_dataplane(kind: str) -> Dataplane:
     if kind == "memory":
         return MemoryDataplane()
+    subprocess.run(["modprobe", "ip_vs"], check=False)
     from ipvsmgr_agent.dataplane._ipvs import IpvsDataplane
 
     return IpvsDataplane()
@@ -162,11 +166,15 @@ def main() -> int:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     print(f"python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    if args.dataplane == "ipvs":
+        subprocess.run(["modprobe", "-a", "ip_vs", "dummy"], check=False)
     if "latency" in args.which:
-        bench_latency(args.dataplane or "userspace", args.writes)
+        bench_latency("userspace" if args.dataplane in (None, "memory") else args.dataplane, args.writes)
     if "reconcile" in args.which:
         sizes = [int(s) for s in args.sizes.split(",")]
-        bench_reconcile(args.dataplane or "memory", sizes, args.backends, args.changes)
+        bench_reconcile(
+            "memory" if args.dataplane in (None, "userspace") else args.dataplane, sizes, args.backends, args.changes
+        )
     return 0
 
 

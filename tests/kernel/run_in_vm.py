@@ -1,12 +1,14 @@
 """Boot a distribution kernel with IPVS once (virtme-ng, TCG) and run tests/kernel inside it.
 
 Usage: python tests/kernel/run_in_vm.py [pytest args...]   (what `nox -s kernel` runs)
+       python tests/kernel/run_in_vm.py --bench [bench args...]   (tests/bench/run.py in the VM)
 
 The guest sees the host's filesystem read-only, so everything it writes goes to
-`.kernel-out/` (the one read-write folder) or the guest's /tmp. The guest's pytest
-output is streamed here as it runs, and this script exits with pytest's exit code,
-which the guest writes to `.kernel-out/exit-code` (vng's own status says nothing
-about the tests).
+`.kernel-out/run-<pid>/` (its one read-write folder; `.kernel-out/latest` points to
+it) or the guest's /tmp. A folder per run keeps concurrent runs apart. The guest's
+pytest output is streamed here as it runs, and this script exits with pytest's exit
+code, which the guest writes to `exit-code` in that folder (vng's own status says
+nothing about the tests).
 Environment: IPVSMGR_KERNEL (kernel image), IPVSMGR_VM_TIMEOUT (seconds, default 900),
 IPVSMGR_VM_MEMORY (default 2G).
 """
@@ -28,9 +30,10 @@ from typing import NoReturn, cast
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / ".kernel-out"
-EXIT_FILE = OUT / "exit-code"
-LOG_FILE = OUT / "pytest.log"
-GUEST_SCRIPT = OUT / "guest.sh"
+RUN = OUT / f"run-{os.getpid()}"
+EXIT_FILE = RUN / "exit-code"
+LOG_FILE = RUN / "pytest.log"
+GUEST_SCRIPT = RUN / "guest.sh"
 # pytest's own codes stop at 5; these say the run never produced one.
 NO_RESULT, TIMED_OUT, SETUP_ERROR = 70, 71, 72
 
@@ -74,12 +77,21 @@ def find_tools() -> str:
     return vng
 
 
-def guest_script(pytest_args: list[str]) -> str:
-    """The shell script the guest runs: environment, a preflight, pytest, its exit code to a file."""
+def guest_command(args: list[str]) -> str:
+    """pytest over tests/kernel, or with --bench the benchmark script, as a guest shell command."""
+    python = shlex.quote(sys.executable)
+    if args[:1] == ["--bench"]:
+        return " ".join([python, "tests/bench/run.py", *(shlex.quote(a) for a in args[1:])])
+    junit = shlex.quote(str(RUN / "junit.xml"))
+    rest = " ".join(shlex.quote(a) for a in args)
+    return f"{python} -m pytest tests/kernel -p no:cacheprovider --junitxml={junit} {rest}"
+
+
+def guest_script(args: list[str]) -> str:
+    """The shell script the guest runs: environment, a preflight, the command, its exit code to a file."""
     python = shlex.quote(sys.executable)
     bindir = shlex.quote(str(Path(sys.executable).parent))
-    args = " ".join(shlex.quote(a) for a in pytest_args)
-    out = shlex.quote(str(OUT))
+    out = shlex.quote(str(RUN))
     return f"""#!/bin/bash
 # Written by tests/kernel/run_in_vm.py for one VM run; runs as root inside the guest.
 set -u
@@ -97,16 +109,23 @@ if ! {python} -S -c pass ; then
     echo {SETUP_ERROR} > {out}/exit-code
     exit 0
 fi
-{python} -m pytest tests/kernel -p no:cacheprovider --junitxml={out}/junit.xml {args} 2>&1 | tee {out}/pytest.log
+{guest_command(args)} 2>&1 | tee {out}/pytest.log
 echo "${{PIPESTATUS[0]}}" > {out}/exit-code
 echo "run_in_vm: pytest done at $(uptime)s"
 """
 
 
 def prepare_out() -> None:
+    """A fresh folder for this run; folders of runs whose harness is gone are removed."""
     OUT.mkdir(exist_ok=True)
-    for stale in (EXIT_FILE, LOG_FILE, OUT / "junit.xml"):
-        stale.unlink(missing_ok=True)
+    for old in OUT.glob("run-*"):
+        pid = old.name.removeprefix("run-")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    RUN.mkdir()
+    latest = OUT / "latest"
+    latest.unlink(missing_ok=True)
+    latest.symlink_to(RUN.name)
     GUEST_SCRIPT.write_text(guest_script(sys.argv[1:]))
     GUEST_SCRIPT.chmod(0o755)
 
@@ -124,7 +143,7 @@ def vng_command(vng: str, kernel: Path) -> list[str]:
         "--memory",
         os.environ.get("IPVSMGR_VM_MEMORY", "2G"),
         "--rwdir",
-        str(OUT),
+        str(RUN),
         "--exec",
         f"bash {shlex.quote(str(GUEST_SCRIPT))}",
     ]
@@ -181,7 +200,7 @@ def main() -> None:
     vng = find_tools()
     prepare_out()
     timeout = float(os.environ.get("IPVSMGR_VM_TIMEOUT", "900"))
-    print(f"run_in_vm: booting {kernel} (TCG, limit {timeout:.0f}s); results in {OUT}", flush=True)
+    print(f"run_in_vm: booting {kernel} (TCG, limit {timeout:.0f}s); results in {RUN}", flush=True)
     started = time.monotonic()
     vng_status = run_vm(vng_command(vng, kernel), timeout)
     elapsed = time.monotonic() - started
