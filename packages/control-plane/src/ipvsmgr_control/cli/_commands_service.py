@@ -160,7 +160,7 @@ def _check_create(body: dict[str, Any], *, from_file: bool) -> None:
         raise UsageError("a service NAME is required (argument or `name` in the file)")
     if from_file or body.get("fwmark"):
         return
-    if not body.get("vip") or not body.get("port"):
+    if not body.get("vip") or body.get("port") is None:  # port 0 goes to the server, which names the field
         raise UsageError("--vip and --port are required (or --fwmark, or -f FILE)")
 
 
