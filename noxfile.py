@@ -9,7 +9,7 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["lint", "typecheck", "proto_check", "tests", "kernel"]
 
 PACKAGES = ["packages/proto", "packages/control-plane", "packages/node-agent"]
-TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.23", "hypothesis>=6", "pytest-timeout", "pyyaml"]
+TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.23", "hypothesis>=6", "pytest-timeout", "pyyaml", "uvloop"]
 PYTHON = "3.11"
 
 
