@@ -9,9 +9,7 @@ from hypothesis import strategies as st
 
 from ipvsmgr_agent._plan import plan
 from ipvsmgr_agent.dataplane import (
-    AddDest,
     AddService,
-    DelDest,
     DelService,
     DestKey,
     DestSpec,
@@ -19,10 +17,9 @@ from ipvsmgr_agent.dataplane import (
     ServiceKey,
     ServiceSpec,
     ServiceState,
-    SetDest,
-    SetService,
     Table,
     apply_to_table,
+    op_key,
 )
 
 # Small pools, so that actual, desired and owned overlap often.
@@ -56,17 +53,6 @@ def _table(raw: dict[ServiceKey, tuple[tuple[str, tuple[int, str]], dict[DestKey
 
 tables = st.dictionaries(keys, st.tuples(spec_attrs, dests), max_size=6).map(_table)
 owned_sets = st.sets(keys, max_size=6)
-
-
-def _key_of(op: Op) -> ServiceKey:
-    match op:
-        case AddService(spec) | SetService(spec):
-            return spec.key
-        case DelService(key):
-            return key
-        case AddDest(service, _) | SetDest(service, _) | DelDest(service, _):
-            return service
-    raise AssertionError(op)
 
 
 def _run(actual: Table, ops: list[Op]) -> Table:
@@ -110,7 +96,7 @@ def test_restricted_plan_agrees_with_full_plan_on_its_keys(
     universe = sorted(actual.keys() | desired.keys() | owned)
     subset = data.draw(st.sets(st.sampled_from(universe)) if universe else st.just(set()))
     full = plan(actual, desired, owned)
-    assert plan(actual, desired, owned, keys=subset) == [op for op in full if _key_of(op) in subset]
+    assert plan(actual, desired, owned, keys=subset) == [op for op in full if op_key(op) in subset]
 
 
 @given(

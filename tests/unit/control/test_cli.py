@@ -21,6 +21,7 @@ import yaml
 from aiohttp import web
 
 from ipvsmgr_control.cli import main
+from ipvsmgr_control.state import schema
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 KEYS = {"services": "name", "vips": "address", "vip-groups": "name"}
@@ -65,19 +66,6 @@ def problem(status: int, detail: str, errors: list[dict[str, str]] | None = None
     if errors:
         body["errors"] = errors
     return web.json_response(body, status=status, content_type="application/problem+json", headers=headers)
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
 
 
 def backend_id(b: dict[str, Any]) -> str:
@@ -168,7 +156,7 @@ class FakeApi:
         failed = self.precondition(request, obj)
         if failed:
             return failed
-        obj.update(merge_patch(obj, await request.json()))
+        obj.update(schema.merge_patch(obj, await request.json()))
         return web.json_response(self.bump(obj))
 
     async def delete(self, kind: str, request: web.Request) -> web.Response:
@@ -203,7 +191,7 @@ class FakeApi:
         if request.method == "DELETE":
             service["backends"].remove(found[0])
             return web.Response(status=204)
-        found[0].update(merge_patch(found[0], await request.json()))
+        found[0].update(schema.merge_patch(found[0], await request.json()))
         return web.json_response(self.bump(found[0]))
 
     async def list_nodes(self, request: web.Request) -> web.Response:

@@ -19,19 +19,15 @@ from ._metrics import Metrics
 from ._plan import plan
 from ._state import OwnedStore
 from .dataplane import (
-    AddDest,
     AddressManager,
     AddService,
     Dataplane,
-    DelDest,
-    DelService,
     Op,
     ServiceKey,
-    SetDest,
-    SetService,
     Table,
     apply_to_table,
     describe,
+    op_key,
 )
 from .dataplane._select import NatHook
 
@@ -44,18 +40,6 @@ _STATE = "state"
 def op_kind(op: Op) -> str:
     """`AddService` → `add_service`, the label of the ops counter."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(op).__name__).lower()
-
-
-def op_key(op: Op) -> ServiceKey:
-    """The service an operation is about."""
-    match op:
-        case AddService(spec) | SetService(spec):
-            return spec.key
-        case DelService(key):
-            return key
-        case AddDest(service, _) | SetDest(service, _) | DelDest(service, _):
-            return service
-    raise AssertionError(op)
 
 
 @dataclass

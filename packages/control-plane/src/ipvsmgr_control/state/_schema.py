@@ -316,7 +316,6 @@ def _address_list(value: Any) -> list[str]:
 
 
 VALIDATORS: dict[str, Callable[[Any, str], Obj]] = {"service": service, "vip": vip, "vip_group": vip_group}
-KEY_FIELD = {"service": "name", "vip": "address", "vip_group": "name", "node": "id"}
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -12,7 +12,7 @@ from ._model import (
     endpoint,
     family_of,
 )
-from ._ops import AddDest, AddService, DelDest, DelService, Op, SetDest, SetService, apply_to_table, describe
+from ._ops import AddDest, AddService, DelDest, DelService, Op, SetDest, SetService, apply_to_table, describe, op_key
 from ._protocol import AddressManager, Dataplane
 
 __all__ = [
@@ -38,4 +38,5 @@ __all__ = [
     "describe",
     "endpoint",
     "family_of",
+    "op_key",
 ]

@@ -71,6 +71,18 @@ def apply_to_table(table: Table, op: Op) -> None:
             del table[service].dests[key]
 
 
+def op_key(op: Op) -> ServiceKey:
+    """The service an operation is about."""
+    match op:
+        case AddService(spec) | SetService(spec):
+            return spec.key
+        case DelService(key):
+            return key
+        case AddDest(service, _) | SetDest(service, _) | DelDest(service, _):
+            return service
+    raise AssertionError(op)
+
+
 def describe(op: Op) -> str:
     """One human line per operation, for logs and dry runs."""
     match op:
