@@ -1,6 +1,6 @@
 """Consensus: the engine and its pluggable parts (log store, stable store, state machine)."""
 
-from ._consensus import ClusterStatus, Consensus, MemberStatus, NoQuorum, NotLeader
+from ._consensus import ClusterStatus, Consensus, MembershipError, MemberStatus, NoQuorum, NotLeader
 from ._log_store import LogStore, MemoryLogStore
 from ._single_node import SingleNodeConsensus
 from ._sqlite_store import SqliteLogStore, open_durable
@@ -13,6 +13,7 @@ __all__ = [
     "HardState",
     "LogStore",
     "MemberStatus",
+    "MembershipError",
     "MemoryLogStore",
     "MemoryStableStore",
     "NoQuorum",

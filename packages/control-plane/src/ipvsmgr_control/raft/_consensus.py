@@ -13,6 +13,9 @@ class MemberStatus:
     api_address: str = ""
     voter: bool = True
     role: str = "follower"
+    match_index: int = 0
+    lag: int = 0
+    reachable: bool = True
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,12 @@ class ClusterStatus:
     commit_index: int
     applied_index: int
     members: list[MemberStatus] = field(default_factory=list)
+    role: str = "leader"
+    last_index: int = 0
+    snapshot_index: int = 0
+    snapshot_bytes: int = 0
+    elections_started: int = 0
+    elections_won: int = 0
 
 
 class NotLeader(Exception):
@@ -54,3 +63,17 @@ class Consensus(Protocol):
         """Return once the local state reflects every write acknowledged before the call (ReadIndex)."""
 
     def status(self) -> ClusterStatus: ...
+
+    async def add_member(self, name: str, peer_address: str, api_address: str = "") -> None:
+        """Add a server as a learner; the leader promotes it to voter once it has caught up."""
+
+    async def remove_member(self, name: str) -> None:
+        """Remove a server (the leader included) once no other membership change is in flight."""
+
+    async def transfer_leadership(self, target: str | None = None) -> str:
+        """Hand leadership to `target` (or the most caught-up voter); returns the new leader's name."""
+
+
+class MembershipError(Exception):
+    """A membership change cannot be made now (another change in flight, unknown member, ...)."""
+
