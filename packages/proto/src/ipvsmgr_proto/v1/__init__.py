@@ -170,6 +170,7 @@ class Member(betterproto.Message):
     name: str = betterproto.string_field(1)
     peer_address: str = betterproto.string_field(2)
     voter: bool = betterproto.bool_field(3)
+    api_address: str = betterproto.string_field(4)
 
 
 @dataclass(eq=False, repr=False)
