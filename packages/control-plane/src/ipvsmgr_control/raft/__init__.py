@@ -1,26 +1,47 @@
-"""Consensus: the engine and its pluggable parts (log store, stable store, state machine)."""
+"""Consensus: the Raft engine and its pluggable parts (storage, snapshots, transport, state machine)."""
 
 from ._consensus import ClusterStatus, Consensus, MembershipError, MemberStatus, NoQuorum, NotLeader
-from ._log_store import LogStore, MemoryLogStore
-from ._single_node import SingleNodeConsensus
-from ._sqlite_store import SqliteLogStore, open_durable
-from ._stable_store import HardState, MemoryStableStore, StableStore
+from ._core import Message, RaftCore, Ready, Role, SnapshotMeta, Timing
+from ._memory_fsm import MemoryStateMachine
+from ._memory_log import MemoryLog
+from ._node import RaftNode
+from ._options import PROFILES, RaftOptions, profile
+from ._snapshot_store import FileSnapshotStore, SnapshotStore
+from ._sqlite_storage import SqliteStorage, open_durable
 from ._state_machine import StateMachine
+from ._storage import HardState, MemoryStorage, Storage
+from ._transport import MemoryNetwork, MemoryTransport, PeerUnavailable, Receiver, Transport
 
 __all__ = [
+    "PROFILES",
     "ClusterStatus",
     "Consensus",
+    "FileSnapshotStore",
     "HardState",
-    "LogStore",
     "MemberStatus",
     "MembershipError",
-    "MemoryLogStore",
-    "MemoryStableStore",
+    "MemoryLog",
+    "MemoryNetwork",
+    "MemoryStateMachine",
+    "MemoryStorage",
+    "MemoryTransport",
+    "Message",
     "NoQuorum",
     "NotLeader",
-    "SingleNodeConsensus",
-    "SqliteLogStore",
-    "StableStore",
+    "PeerUnavailable",
+    "RaftCore",
+    "RaftNode",
+    "RaftOptions",
+    "Ready",
+    "Receiver",
+    "Role",
+    "SnapshotMeta",
+    "SnapshotStore",
+    "SqliteStorage",
     "StateMachine",
+    "Storage",
+    "Timing",
+    "Transport",
     "open_durable",
+    "profile",
 ]

@@ -76,4 +76,3 @@ class Consensus(Protocol):
 
 class MembershipError(Exception):
     """A membership change cannot be made now (another change in flight, unknown member, ...)."""
-
