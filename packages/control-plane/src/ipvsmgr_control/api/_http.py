@@ -10,7 +10,7 @@ import structlog
 import yaml
 from aiohttp import web
 
-from ..raft import NoQuorum, NotLeader
+from ..raft import MembershipError, NoQuorum, NotLeader
 from ..state import REJECTIONS, FieldError, StateStore, ValidationError, WriteRejected
 from ._keys import CONSENSUS, STORE
 
@@ -40,6 +40,8 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         response = problem(400, "Invalid request", f"The request is invalid: {exc}", exc.errors)
     except WriteRejected as exc:
         response = problem(exc.status, exc.slug.replace("-", " ").capitalize(), exc.detail)
+    except MembershipError as exc:
+        response = problem(409, "Membership change refused", f"The membership change cannot be made now: {exc}")
     except (NoQuorum, NotLeader) as exc:
         response = problem(503, "No quorum", f"The cluster cannot accept this now: {exc}")
         response.headers["Retry-After"] = "1"

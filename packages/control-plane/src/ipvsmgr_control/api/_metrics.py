@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..agents import NodeRegistry
-from ..raft import Consensus
+from ..raft import ClusterStatus, Consensus
 from ..state import StateStore
 from ._http import Handler
 
@@ -25,14 +25,10 @@ class StateCollector(Collector):
     def __init__(self, store: StateStore, consensus: Consensus, nodes: NodeRegistry) -> None:
         self.store, self.consensus, self.nodes = store, consensus, nodes
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         status = self.consensus.status()
         yield _gauge("ipvsmgr_revision", "Current cluster revision (applied here)", self.store.revision)
-        yield _gauge("ipvsmgr_raft_term", "Current Raft term", status.term)
-        yield _gauge("ipvsmgr_raft_commit_index", "Raft commit index", status.commit_index)
-        yield _gauge("ipvsmgr_raft_applied_index", "Raft index applied to the state machine", status.applied_index)
-        yield _gauge("ipvsmgr_raft_is_leader", "1 if this member is the leader", int(status.leader == status.name))
-        yield _gauge("ipvsmgr_raft_has_leader", "1 if this member knows a leader", int(status.leader is not None))
+        yield from _raft(status)
         yield _gauge("ipvsmgr_watchers", "Open watch subscriptions (SSE and agent streams)", self.store.hub.subscribers)
         yield from self._nodes()
 
@@ -48,6 +44,49 @@ class StateCollector(Collector):
         for node in nodes:
             lag.add_metric([node["id"]], max(0, self.store.revision - node["applied_revision"]))
         yield lag
+
+
+ROLES = ("leader", "follower", "pre-candidate", "candidate", "failed")
+
+
+def _raft(status: ClusterStatus) -> Iterator[Metric]:
+    """This member's view of consensus. Peer match and lag come from the leader only (it tracks them);
+    reachability is this member's own connection to each peer."""
+    leader = status.role == "leader"
+    yield _gauge("ipvsmgr_raft_term", "Current Raft term", status.term)
+    yield _gauge("ipvsmgr_raft_is_leader", "1 if this member is the leader", int(leader))
+    yield _gauge("ipvsmgr_raft_has_leader", "1 if this member knows a leader", int(status.leader is not None))
+    state = GaugeMetricFamily(
+        "ipvsmgr_raft_state", "1 for the role this member has now, 0 for the others", labels=["role"]
+    )
+    for role in (*ROLES, *(() if status.role in ROLES else (status.role,))):
+        state.add_metric([role], int(role == status.role))
+    yield state
+    yield _gauge("ipvsmgr_raft_commit_index", "Raft commit index", status.commit_index)
+    yield _gauge("ipvsmgr_raft_applied_index", "Raft index applied to the state machine", status.applied_index)
+    yield _gauge("ipvsmgr_raft_last_index", "Index of the last entry in this member's log", status.last_index)
+    yield _gauge("ipvsmgr_raft_snapshot_index", "Last log index covered by the latest snapshot", status.snapshot_index)
+    yield _gauge("ipvsmgr_raft_snapshot_bytes", "Size of the latest snapshot in bytes", status.snapshot_bytes)
+    yield CounterMetricFamily(
+        "ipvsmgr_raft_elections_started", "Elections this member started as a candidate", value=status.elections_started
+    )
+    yield CounterMetricFamily("ipvsmgr_raft_elections_won", "Elections this member won", value=status.elections_won)
+    peers = [m for m in status.members if m.name != status.name]
+    match = GaugeMetricFamily(
+        "ipvsmgr_raft_peer_match_index", "Highest log index known replicated to the peer (leader only)", labels=["peer"]
+    )
+    lag = GaugeMetricFamily(
+        "ipvsmgr_raft_peer_lag_entries", "Log entries the peer is behind the leader (leader only)", labels=["peer"]
+    )
+    reachable = GaugeMetricFamily(
+        "ipvsmgr_raft_peer_reachable", "1 if this member is connected to the peer", labels=["peer"]
+    )
+    for peer in peers:
+        if leader:
+            match.add_metric([peer.name], peer.match_index)
+            lag.add_metric([peer.name], peer.lag)
+        reachable.add_metric([peer.name], int(peer.reachable))
+    yield from (match, lag, reachable)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

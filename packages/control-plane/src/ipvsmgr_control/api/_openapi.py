@@ -100,6 +100,51 @@ NODE = {
     "type": "object",
     "properties": {"id": NAME, "labels": {"type": "object"}, "applied_revision": {"type": "integer"}},
 }
+HOST_PORT = {"type": "string", "description": "HOST:PORT or [IPv6]:PORT, port 1-65535", "examples": ["10.0.0.4:8110"]}
+ROLE = {"type": "string", "description": "leader, follower, candidate or learner"}
+INDEX = {"type": "integer", "minimum": 0}
+MEMBER = {
+    "type": "object",
+    "properties": {
+        "name": NAME,
+        "peer_address": HOST_PORT,
+        "api_address": {"type": "string", "description": "HOST:PORT of its REST API; empty when unknown"},
+        "voter": {"type": "boolean", "description": "false while it is a learner catching up"},
+        "role": ROLE,
+        "match_index": {**INDEX, "description": "highest log index known replicated to it (leader's view)"},
+        "lag": {**INDEX, "description": "log entries it is behind the leader"},
+        "reachable": {"type": "boolean"},
+    },
+}
+NEW_MEMBER = {
+    "type": "object",
+    "required": ["name", "peer_address"],
+    "additionalProperties": False,
+    "properties": {"name": NAME, "peer_address": HOST_PORT, "api_address": HOST_PORT},
+}
+CLUSTER = {
+    "type": "object",
+    "properties": {
+        "name": {**NAME, "description": "the member that answered"},
+        "leader": _nullable(NAME),
+        "term": INDEX,
+        "role": ROLE,
+        "commit_index": INDEX,
+        "applied_index": INDEX,
+        "last_index": INDEX,
+        "snapshot_index": INDEX,
+        "snapshot_bytes": INDEX,
+        "elections_started": INDEX,
+        "elections_won": INDEX,
+        "revision": INDEX,
+        "members": {"type": "array", "items": _ref("Member")},
+    },
+}
+TRANSFER = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"target": {**NAME, "description": "member to hand leadership to (default: most caught-up voter)"}},
+}
 PROBLEM = {
     "type": "object",
     "required": ["title", "status", "detail"],
@@ -202,7 +247,29 @@ def document() -> J:
             "responses": {"200": {"description": "event stream", "content": {"text/event-stream": {}}}},
         }
     }
-    paths["/v1/cluster"] = {"get": {"summary": "Cluster status", "responses": _ok(200, {"type": "object"})}}
+    paths["/v1/cluster"] = {
+        "get": {"summary": "Cluster status: leader, term, indexes, members", "responses": _ok(200, _ref("Cluster"))}
+    }
+    paths["/v1/cluster/members"] = {
+        "get": {"summary": "List members", "responses": _ok(200, _list_of("Member"))},
+        "post": {
+            "summary": "Add a member (joins as a learner, promoted to voter once caught up)",
+            "requestBody": _body(_ref("NewMember")),
+            "responses": _ok(202, _list_of("Member"), "accepted; the member list"),
+        },
+    }
+    paths["/v1/cluster/members/{name}"] = {
+        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "get": {"summary": "Get a member", "responses": _ok(200, _ref("Member"))},
+        "delete": {"summary": "Remove a member", "responses": _ok(200, _list_of("Member"), "the remaining members")},
+    }
+    paths["/v1/cluster/transfer-leadership"] = {
+        "post": {
+            "summary": "Hand leadership to another voter",
+            "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("TransferLeadership")}}},
+            "responses": _ok(200, {"type": "object", "properties": {"leader": NAME}}, "the new leader"),
+        }
+    }
     paths["/v1/cluster/snapshot"] = {
         "get": {"summary": "Consistent backup of the state", "responses": {"200": {"description": "SQLite database"}}}
     }
@@ -221,6 +288,10 @@ def document() -> J:
                 "Vip": VIP,
                 "VipGroup": VIP_GROUP,
                 "Node": NODE,
+                "Cluster": CLUSTER,
+                "Member": MEMBER,
+                "NewMember": NEW_MEMBER,
+                "TransferLeadership": TRANSFER,
                 "Problem": PROBLEM,
             }
         },

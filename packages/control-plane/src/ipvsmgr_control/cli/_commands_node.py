@@ -1,4 +1,4 @@
-"""`ipvsmgr node ...` and `ipvsmgr cluster status`: what the agents applied and who leads the control plane."""
+"""`ipvsmgr node ...`: the nodes registered by their agents and the revision each one applied."""
 
 from __future__ import annotations
 
@@ -16,23 +16,15 @@ examples:
   ipvsmgr node delete lb3        # forget a decommissioned node
 """
 
-CLUSTER_EXAMPLES = """\
-examples:
-  ipvsmgr cluster status
-  ipvsmgr --endpoints http://10.0.0.1:8010,http://10.0.0.2:8010 cluster status
-"""
-
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
-    """Add the `node` and `cluster` command groups."""
+    """Add the `node` command group."""
     nodes = add_group(sub, "node", "inspect the nodes registered by their agents", NODE_EXAMPLES)
     add_command(nodes, "list", _list, parents, "list nodes with their applied revision", NODE_EXAMPLES)
     add_command(nodes, "get", _get, parents, "show one node").add_argument("id")
     delete = add_command(nodes, "delete", _delete, parents, "forget a node")
     delete.add_argument("id")
     add_if_match(delete)
-    cluster = add_group(sub, "cluster", "inspect the control-plane cluster", CLUSTER_EXAMPLES)
-    add_command(cluster, "status", _status, parents, "members, leader, term and revision", CLUSTER_EXAMPLES)
 
 
 def _cluster_revision(resp: Response) -> int | None:
@@ -94,26 +86,3 @@ def _delete(ctx: Context, args: argparse.Namespace) -> int:
     resp = ctx.client.request("DELETE", ("v1", "nodes", args.id), if_match=args.if_match)
     ctx.done(resp, f'node "{args.id}" deleted')
     return 0
-
-
-def _status(ctx: Context, args: argparse.Namespace) -> int:
-    ctx.show(ctx.client.get("v1", "cluster").body, cluster_details)
-    return 0
-
-
-def cluster_details(status: dict[str, Any]) -> str:
-    """Leader/term/indexes, then one row per member."""
-    keys = ("name", "leader", "term", "revision", "commit_index", "applied_index")
-    head = key_values((k.replace("_", " "), cell(status.get(k))) for k in keys)
-    headers = ("MEMBER", "ROLE", "VOTER", "PEER ADDRESS", "API ADDRESS")
-    rows = [
-        (
-            cell(m.get("name")),
-            cell(m.get("role")),
-            cell(m.get("voter")),
-            cell(m.get("peer_address")),
-            cell(m.get("api_address")),
-        )
-        for m in status.get("members") or []
-    ]
-    return head + "\n\n" + table(headers, rows)

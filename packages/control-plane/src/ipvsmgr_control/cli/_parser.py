@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 
-from . import _commands_apply, _commands_backend, _commands_node, _commands_service, _commands_vip, _commands_watch
+from . import (
+    _commands_apply,
+    _commands_backend,
+    _commands_cluster,
+    _commands_node,
+    _commands_service,
+    _commands_vip,
+    _commands_watch,
+)
 from ._client import DEFAULT_ENDPOINT
 from ._output import FORMATS
 from ._specs import positive_float
@@ -30,7 +38,15 @@ exit codes:
   3 no endpoint reachable
 """
 
-_MODULES = (_commands_service, _commands_backend, _commands_vip, _commands_node, _commands_apply, _commands_watch)
+_MODULES = (
+    _commands_service,
+    _commands_backend,
+    _commands_vip,
+    _commands_node,
+    _commands_cluster,
+    _commands_apply,
+    _commands_watch,
+)
 
 
 def _add_globals(parser: argparse._ActionsContainer, *, suppress: bool) -> None:
