@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ipvsmgr_control.raft._storage import AppendWrite
 from ipvsmgr_proto.v1 import LogEntry
 
 from _support.control_plane import Plane, open_plane
@@ -51,11 +52,14 @@ async def test_acknowledged_writes_survive_restart(tmp_path: Path) -> None:
 async def test_entries_logged_but_not_applied_are_replayed(tmp_path: Path) -> None:
     """A crash between the log fsync and the state commit loses nothing: the log is replayed."""
     plane = await open_plane(tmp_path)
-    last = await plane.log_store.last_index()
-    await plane.log_store.append([LogEntry(index=last + 1, term=1, data=put_service("late", 99))])
+    await plane.consensus.read_barrier()  # the first term's no-op is durable: nothing else will write
+    last = (await plane.storage.load()).entries[-1].index
+    late = LogEntry(index=last + 1, term=plane.consensus.status().term, data=put_service("late", 99))
+    await plane.storage.write([AppendWrite([late])])
     await plane.close()
     again = await open_plane(tmp_path)
     try:
+        await again.consensus.read_barrier()  # the new term's no-op commits the replayed tail
         assert again.store.get("service", "late") is not None
     finally:
         await again.close()

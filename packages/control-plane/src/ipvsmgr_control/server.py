@@ -12,13 +12,16 @@ import structlog
 from aiohttp import web
 from grpclib.server import Server
 
+from ipvsmgr_proto.v1 import Member
+
 from . import _config, _logging
 from .agents import AgentApi, NodeRegistry
 from .api import build_app
-from .raft import SingleNodeConsensus, SqliteLogStore
+from .raft import FileSnapshotStore, HttpTransport, RaftNode, SqliteStorage
 from .state import StateStore
 
 log = structlog.get_logger(__name__)
+_PEER_BODY_LIMIT = 64 << 20  # snapshot chunks and forwarded proposals
 
 
 async def _serve_http(app: web.Application, listen: str) -> web.AppRunner:
@@ -29,43 +32,55 @@ async def _serve_http(app: web.Application, listen: str) -> web.AppRunner:
     return runner
 
 
-def _peer_app() -> web.Application:
-    """The peer port; Raft RPCs are mounted here by the multi-node engine."""
-
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    app = web.Application()
-    app.router.add_get("/raft/health", health)
+def _peer_app(transport: HttpTransport, fault_injection: bool) -> web.Application:
+    app = web.Application(client_max_size=_PEER_BODY_LIMIT)
+    app.add_routes(transport.routes(fault_injection))
     return app
+
+
+def _consensus(config: _config.ServerConfig, storage: SqliteStorage, store: StateStore) -> RaftNode:
+    data = Path(config.data_dir)
+    members = [
+        Member(name=n, peer_address=a, voter=True, api_address=config.advertise_api if n == config.name else "")
+        for n, a in _config.initial_members(config)
+    ]
+    return RaftNode(
+        config.name,
+        storage=storage,
+        fsm=store,
+        snapshots=FileSnapshotStore(data / "snapshots"),
+        transport=HttpTransport(),
+        options=_config.raft_options(config),
+        initial_members=members if config.initial_cluster_state == "new" else [],
+    )
 
 
 async def run(config: _config.ServerConfig, argv: list[str] | None = None) -> None:
     data = Path(config.data_dir)
     data.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before serving
-    log_store = await SqliteLogStore.open(data / "raft-log.db")
+    storage = await SqliteStorage.open(data / "raft-log.db")
     store = await StateStore.open(data / "state.db", history=config.history)
-    api_address = config.listen_api
-    consensus = SingleNodeConsensus(config.name, log_store, log_store, store, config.advertise_peer, api_address)
+    consensus = _consensus(config, storage, store)
+    assert isinstance(consensus.transport, HttpTransport)
+    peer_runner = await _serve_http(_peer_app(consensus.transport, config.debug_fault_injection), config.listen_peer)
     await consensus.start()
     registry = NodeRegistry()
     grpc = Server([AgentApi(store, consensus, registry)])
     grpc_host, grpc_port = _config.split_host_port(config.listen_grpc)
     await grpc.start(grpc_host, grpc_port)
-    runners = [await _serve_http(build_app(store, consensus, registry), config.listen_api)]
-    runners.append(await _serve_http(_peer_app(), config.listen_peer))
-    log.info("ipvsmgr-server ready", name=config.name, api=config.listen_api, grpc=config.listen_grpc)
+    api_runner = await _serve_http(build_app(store, consensus, registry), config.listen_api)
+    log.info("ipvsmgr-server ready", name=config.name, api=config.listen_api, grpc=config.listen_grpc,
+             peer=config.listen_peer)  # fmt: skip
     try:
         await _wait_for_signal(lambda: _reload(config, argv))
     finally:
         log.info("shutting down")
         grpc.close()
-        for runner in runners:
-            await runner.cleanup()
+        await api_runner.cleanup()
         await grpc.wait_closed()
-        await consensus.stop()
+        await consensus.stop()  # a leader hands over first, while the peer port still answers
+        await peer_runner.cleanup()
         await store.close()
-        await log_store.close()
 
 
 async def _wait_for_signal(reload: Callable[[], None]) -> None:

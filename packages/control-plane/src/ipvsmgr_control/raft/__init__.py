@@ -2,6 +2,7 @@
 
 from ._consensus import ClusterStatus, Consensus, MembershipError, MemberStatus, NoQuorum, NotLeader
 from ._core import Message, RaftCore, Ready, Role, SnapshotMeta, Timing
+from ._http_transport import HttpTransport
 from ._memory_fsm import MemoryStateMachine
 from ._memory_log import MemoryLog
 from ._node import RaftNode
@@ -18,6 +19,7 @@ __all__ = [
     "Consensus",
     "FileSnapshotStore",
     "HardState",
+    "HttpTransport",
     "MemberStatus",
     "MembershipError",
     "MemoryLog",

@@ -33,7 +33,7 @@ log = structlog.get_logger(__name__)
 APPLY_BATCH = 4096
 
 
-class ProposalDropped(Exception):
+class ProposalDropped(NotLeader):
     """The entry was overwritten by another leader's: it was never applied, so retrying is safe."""
 
 
@@ -147,7 +147,7 @@ class RaftNode:
                 if leader == self.name:
                     return await self._propose_local(command)
                 return json.loads(await self.transport.forward_proposal(leader, command))
-            except (ProposalDropped, NotLeader, PeerUnavailable):
+            except (NotLeader, PeerUnavailable):
                 await asyncio.sleep(self.options.heartbeat_ms / 1000)
         raise NoQuorum("no leader accepted the write; retry later")
 
@@ -491,7 +491,7 @@ class RaftNode:
         if term == entry.term:
             future.set_result(result)
         else:
-            future.set_exception(ProposalDropped())
+            future.set_exception(ProposalDropped(None))
 
     def _wake_applied(self, applied: int) -> None:
         still: list[tuple[int, asyncio.Future[None]]] = []

@@ -53,5 +53,7 @@ def profile(name: str, **overrides: Any) -> RaftOptions:
     if name not in PROFILES:
         raise ValueError(f"raft_profile: unknown profile {name!r} (choose from {', '.join(PROFILES)})")
     options = replace(PROFILES[name], **{k: v for k, v in overrides.items() if v is not None})
+    if options.snapshot_keep >= options.snapshot_threshold:
+        options = replace(options, snapshot_keep=options.snapshot_threshold // 2)
     options.check()
     return options
