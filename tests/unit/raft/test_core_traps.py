@@ -6,9 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from _support.raft_sim import TIMING, Sim, strip_entries
 from ipvsmgr_control.raft import MembershipError, NotLeader, Role
 from ipvsmgr_proto.v1 import Member
+
+from _support.raft_sim import TIMING, Sim, strip_entries
 
 
 def test_one_leader_is_elected_and_replicates_to_all() -> None:

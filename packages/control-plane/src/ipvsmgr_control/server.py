@@ -40,16 +40,14 @@ def _peer_app(transport: HttpTransport, fault_injection: bool) -> web.Applicatio
 
 def _consensus(config: _config.ServerConfig, storage: SqliteStorage, store: StateStore) -> RaftNode:
     data = Path(config.data_dir)
-    members = [
-        Member(name=n, peer_address=a, voter=True, api_address=config.advertise_api if n == config.name else "")
-        for n, a in _config.initial_members(config)
-    ]
+    # The bootstrap entry must be byte-identical on every member: peer addresses only.
+    members = [Member(name=n, peer_address=a, voter=True) for n, a in _config.initial_members(config)]
     return RaftNode(
         config.name,
         storage=storage,
         fsm=store,
         snapshots=FileSnapshotStore(data / "snapshots"),
-        transport=HttpTransport(),
+        transport=HttpTransport(api_address=config.advertise_api),
         options=_config.raft_options(config),
         initial_members=members if config.initial_cluster_state == "new" else [],
     )

@@ -6,6 +6,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import structlog
 import yaml
 from aiohttp import web
@@ -15,6 +16,7 @@ from ..state import REJECTIONS, FieldError, StateStore, ValidationError, WriteRe
 from ._keys import CONSENSUS, STORE
 
 log = structlog.get_logger(__name__)
+FORWARDED_HEADER = "X-Ipvsmgr-Forwarded"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REVISION_HEADER = "X-Ipvsmgr-Revision"
 PROBLEM_TYPE = "application/problem+json"
@@ -42,7 +44,9 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         response = problem(exc.status, exc.slug.replace("-", " ").capitalize(), exc.detail)
     except MembershipError as exc:
         response = problem(409, "Membership change refused", f"The membership change cannot be made now: {exc}")
-    except (NoQuorum, NotLeader) as exc:
+    except NotLeader as exc:
+        response = await _to_leader(request, exc)
+    except NoQuorum as exc:
         response = problem(503, "No quorum", f"The cluster cannot accept this now: {exc}")
         response.headers["Retry-After"] = "1"
     except web.HTTPException as exc:
@@ -54,6 +58,27 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         response = problem(500, "Internal error", "The server failed; the error is in its log")
     if not response.prepared:
         response.headers[REVISION_HEADER] = str(request.app[STORE].revision)
+    return response
+
+
+async def _to_leader(request: web.Request, exc: NotLeader) -> web.StreamResponse:
+    """Requests only the leader can serve (membership, transfers) are relayed to it once; else 503 names it."""
+    if exc.leader_api and FORWARDED_HEADER not in request.headers:
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization")}
+        headers[FORWARDED_HEADER] = "1"
+        url = f"http://{exc.leader_api}{request.rel_url}"
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+                session.request(request.method, url, data=await request.read(), headers=headers) as resp,
+            ):
+                body = await resp.read()
+                keep = {k: v for k, v in resp.headers.items() if k.lower() in ("content-type", "location")}
+                return web.Response(status=resp.status, body=body, headers=keep)
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            pass
+    response = problem(503, "Not the leader", f"This member cannot serve this now: {exc}")
+    response.headers["Retry-After"] = "1"
     return response
 
 

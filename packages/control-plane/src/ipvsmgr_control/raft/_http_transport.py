@@ -68,6 +68,8 @@ class _PeerLink:
         async with self.transport.session().ws_connect(url, headers=headers, heartbeat=5.0, max_msg_size=0) as ws:
             self.connected = True
             log.info("raft peer link up", peer=self.peer, address=self.address)
+            if not self.transport.api_address(self.peer):
+                asyncio.get_running_loop().create_task(self.transport.learn_api_address(self.peer, self.address))
             while not ws.closed:
                 await self.wakeup.wait()
                 self.wakeup.clear()
@@ -84,14 +86,18 @@ class _PeerLink:
 
 
 class HttpTransport:
-    def __init__(self, request_timeout: float = 15.0) -> None:
+    def __init__(self, api_address: str = "", request_timeout: float = 15.0) -> None:
         self.name = ""
+        self.own_api_address = api_address
+        self.api_addresses: dict[str, str] = {}  # learned from each peer when its link comes up
         self._receiver: Receiver | None = None
         self._session: aiohttp.ClientSession | None = None
         self._links: dict[str, _PeerLink] = {}
         self._addresses: dict[str, str] = {}
         self.drop: set[str] = set()  # the fault hook: peers whose traffic is discarded both ways
         self.request_timeout = request_timeout
+        self._inbound: set[web.WebSocketResponse] = set()
+        self._closed = False
 
     # -- Transport ------------------------------------------------------------------
 
@@ -116,6 +122,15 @@ class HttpTransport:
         link = self._links.get(peer)
         return link is not None and link.connected and peer not in self.drop
 
+    def api_address(self, peer: str) -> str:
+        return self.own_api_address if peer == self.name else self.api_addresses.get(peer, "")
+
+    async def learn_api_address(self, peer: str, address: str) -> None:
+        """Members announce their REST address on the peer port, so the bootstrap list needs only peer addresses."""
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError, ValueError, KeyError):
+            async with self.session().get(f"http://{address}/raft/health", timeout=aiohttp.ClientTimeout(5)) as resp:
+                self.api_addresses[peer] = str((await resp.json())["api_address"])
+
     async def send_snapshot_chunk(self, to: str, chunk: InstallSnapshotRequest) -> InstallSnapshotResponse:
         body = await self._post(to, "/raft/snapshot", bytes(chunk), seconds=max(self.request_timeout, 60.0))
         return InstallSnapshotResponse().parse(body)
@@ -127,9 +142,13 @@ class HttpTransport:
         return int(json.loads(await self._post(to, "/raft/read-index", b""))["index"])
 
     async def close(self) -> None:
+        """Close both directions: peers' streams into us too, or the HTTP server waits on them forever."""
+        self._closed = True
         for link in list(self._links.values()):
             await link.close()
         self._links.clear()
+        for ws in list(self._inbound):
+            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shutting down")
         if self._session is not None:
             await self._session.close()
 
@@ -181,14 +200,22 @@ class HttpTransport:
             raise web.HTTPBadRequest(text=f"missing {SENDER} header")
         if sender in self.drop:
             raise web.HTTPServiceUnavailable(text="dropped by fault injection")
-        if self._receiver is None:
-            raise web.HTTPServiceUnavailable(text="raft is starting")
+        if self._receiver is None or self._closed:
+            raise web.HTTPServiceUnavailable(text="raft is not running")
         return sender
 
     async def _on_stream(self, request: web.Request) -> web.WebSocketResponse:
         sender = self._sender(request)
         ws = web.WebSocketResponse(max_msg_size=_codec.MAX_MESSAGE)
         await ws.prepare(request)
+        self._inbound.add(ws)
+        try:
+            await self._read_stream(sender, ws)
+        finally:
+            self._inbound.discard(ws)
+        return ws
+
+    async def _read_stream(self, sender: str, ws: web.WebSocketResponse) -> None:
         async for frame in ws:
             if frame.type != aiohttp.WSMsgType.BINARY or sender in self.drop:
                 continue
@@ -196,9 +223,8 @@ class HttpTransport:
                 messages = _codec.decode(frame.data)
             except _codec.MalformedMessage as exc:
                 log.warning("malformed raft frame", peer=sender, error=str(exc))
-                break
+                return
             self.receiver().deliver(sender, messages)
-        return ws
 
     async def _on_snapshot(self, request: web.Request) -> web.Response:
         sender = self._sender(request)
@@ -231,7 +257,7 @@ class HttpTransport:
         return web.json_response({"index": index})
 
     async def _on_health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "name": self.name})
+        return web.json_response({"status": "ok", "name": self.name, "api_address": self.own_api_address})
 
     async def _on_faults(self, request: web.Request) -> web.Response:
         """Fault injection (tests only, enabled by a flag): drop all traffic to and from the named peers."""

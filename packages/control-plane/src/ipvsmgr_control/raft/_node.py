@@ -229,8 +229,8 @@ class RaftNode:
         role = "leader" if member.name == core.leader else ("follower" if member.voter else "learner")
         reachable = member.name == self.name or self.transport.connected(member.name)
         lag = core.log.last_index - match if (pr or member.name == self.name) else 0
-        return MemberStatus(member.name, member.peer_address, member.api_address, member.voter, role, match, lag,
-                            reachable)  # fmt: skip
+        api = member.api_address or self.transport.api_address(member.name)
+        return MemberStatus(member.name, member.peer_address, api, member.voter, role, match, lag, reachable)
 
     # -- proposals and reads ---------------------------------------------------------
 
@@ -579,7 +579,7 @@ class RaftNode:
     def _leader_core(self) -> RaftCore:
         core = self._core()
         if core.role is not Role.LEADER:
-            raise NotLeader(core.leader)
+            raise NotLeader(core.leader, self.transport.api_address(core.leader) if core.leader else None)
         return core
 
     def _fail(self, reason: str) -> None:

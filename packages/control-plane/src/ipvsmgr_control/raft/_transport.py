@@ -42,6 +42,9 @@ class Transport(Protocol):
 
     def connected(self, peer: str) -> bool: ...
 
+    def api_address(self, peer: str) -> str:
+        """The peer's REST address when known (for clients told to go to the leader)."""
+
     async def send_snapshot_chunk(self, to: str, chunk: InstallSnapshotRequest) -> InstallSnapshotResponse: ...
 
     async def forward_proposal(self, to: str, command: bytes) -> bytes: ...
@@ -97,6 +100,9 @@ class MemoryTransport:
 
     def connected(self, peer: str) -> bool:
         return peer in self.network.receivers and (self.name, peer) not in self.network.blocked
+
+    def api_address(self, peer: str) -> str:
+        return ""
 
     async def send_snapshot_chunk(self, to: str, chunk: InstallSnapshotRequest) -> InstallSnapshotResponse:
         return await self.network.link(self.name, to).receive_snapshot_chunk(self.name, chunk)
