@@ -14,8 +14,15 @@ from dataclasses import dataclass, field
 
 from ipvsmgr_control.raft import MemoryLog, Message, RaftCore, Role, SnapshotMeta, Timing
 from ipvsmgr_control.raft._core import encode_members
+from ipvsmgr_control.raft._messages import (
+    COMMAND,
+    CONFIG,
+    AppendEntriesRequest,
+    InstallSnapshotRequest,
+    LogEntry,
+    Member,
+)
 from ipvsmgr_control.raft._storage import StoredLog, apply_writes
-from ipvsmgr_proto.v1 import AppendEntriesRequest, EntryType, InstallSnapshotRequest, LogEntry, Member
 
 TIMING = Timing(heartbeat=1, election_min=10, election_max=20, max_inflight=4, max_entries_per_message=8)
 Filter = Callable[[str, str, Message], Message | None]  # (sender, receiver, message) -> what arrives, if anything
@@ -37,7 +44,7 @@ class Sim:
         self.timing, self.seed = timing, seed
         voting = set(voters if voters is not None else names)
         members = {n: Member(name=n, peer_address=f"{n}:1", voter=n in voting) for n in names}
-        config = LogEntry(index=1, term=0, type=EntryType(EntryType.CONFIG), data=encode_members(members))
+        config = LogEntry(index=1, term=0, type=CONFIG, data=encode_members(members))
         self.nodes: dict[str, SimNode] = {}
         for name in names:
             self.nodes[name] = self._boot(name, StoredLog(entries=[config]), [], [])
@@ -189,7 +196,7 @@ class Sim:
         return first + len(commands) - 1
 
     def commands(self, name: str) -> list[bytes]:
-        return [e.data for e in self.nodes[name].applied if e.type == EntryType.COMMAND]
+        return [e.data for e in self.nodes[name].applied if e.type == COMMAND]
 
     def check_safety(self) -> None:
         """State machine safety: no two servers applied different entries at the same index."""

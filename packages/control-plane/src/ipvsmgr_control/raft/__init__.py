@@ -1,10 +1,11 @@
 """Consensus: the Raft engine and its pluggable parts (storage, snapshots, transport, state machine)."""
 
 from ._consensus import ClusterStatus, Consensus, MembershipError, MemberStatus, NoQuorum, NotLeader
-from ._core import Message, RaftCore, Ready, Role, SnapshotMeta, Timing
+from ._core import RaftCore, Ready, Role, SnapshotMeta, Timing
 from ._http_transport import HttpTransport
 from ._memory_fsm import MemoryStateMachine
 from ._memory_log import MemoryLog
+from ._messages import LogEntry, Message
 from ._node import RaftNode
 from ._options import PROFILES, RaftOptions, profile
 from ._snapshot_store import FileSnapshotStore, SnapshotStore
@@ -20,6 +21,7 @@ __all__ = [
     "FileSnapshotStore",
     "HardState",
     "HttpTransport",
+    "LogEntry",
     "MemberStatus",
     "MembershipError",
     "MemoryLog",

@@ -13,34 +13,25 @@ import random
 from dataclasses import dataclass, field
 from enum import Enum
 
-from ipvsmgr_proto.v1 import (
+from ._consensus import MembershipError, NotLeader
+from ._memory_log import MemoryLog
+from ._messages import (
+    CONFIG,
+    NOOP,
     AppendEntriesRequest,
     AppendEntriesResponse,
     ClusterConfig,
-    EntryType,
     InstallSnapshotRequest,
     InstallSnapshotResponse,
     LogEntry,
     Member,
+    Message,
     RequestVoteRequest,
     RequestVoteResponse,
     TimeoutNowRequest,
 )
-
-from ._consensus import MembershipError, NotLeader
-from ._memory_log import MemoryLog
 from ._progress import Mode, Progress
 from ._storage import AppendWrite, CompactWrite, HardState, HardStateWrite, ResetWrite, Write
-
-Message = (
-    AppendEntriesRequest
-    | AppendEntriesResponse
-    | RequestVoteRequest
-    | RequestVoteResponse
-    | InstallSnapshotRequest
-    | InstallSnapshotResponse
-    | TimeoutNowRequest
-)
 
 
 class Role(Enum):
@@ -176,7 +167,7 @@ class RaftCore:
         if self.log.term_at(self.commit) != self.term:
             raise MembershipError("the new leader has not committed an entry yet; retry shortly")
         index = self.log.last_index + 1
-        entry = LogEntry(index=index, term=self.term, type=EntryType(EntryType.CONFIG), data=encode_members(members))
+        entry = LogEntry(index=index, term=self.term, type=CONFIG, data=encode_members(members))
         self._append_local([entry])
         return index
 
@@ -217,7 +208,7 @@ class RaftCore:
     def config_at(self, index: int) -> tuple[Member, ...]:
         """The configuration in force at `index` (what a snapshot taken there must carry)."""
         for entry in reversed(self.log.slice(self.log.offset + 1, index)):
-            if entry.type == EntryType.CONFIG:
+            if entry.type == CONFIG:
                 return tuple(ClusterConfig().parse(entry.data).members)
         return self.snapshot.members
 
@@ -425,7 +416,7 @@ class RaftCore:
         self.election_elapsed = self.heartbeat_elapsed = 0
         last = self.log.last_index
         self.progress = {p: Progress(next=last + 1) for p in self.members if p != self.name}
-        self._append_local([LogEntry(index=last + 1, term=self.term, type=EntryType(EntryType.NOOP))])
+        self._append_local([LogEntry(index=last + 1, term=self.term, type=NOOP)])
 
     # -- replication: leader side ---------------------------------------------
 
@@ -434,7 +425,7 @@ class RaftCore:
         self._write(AppendWrite(entries))
         self._append_seqs.append((self.write_seq, self.log.last_index))
         for entry in entries:
-            if entry.type == EntryType.CONFIG:
+            if entry.type == CONFIG:
                 self._recompute_config()
         for peer in list(self.progress):
             self._send_append(peer)
@@ -581,7 +572,7 @@ class RaftCore:
         self.log.append_from(entries)
         self._write(AppendWrite(entries))
         self._append_seqs.append((self.write_seq, self.log.last_index))
-        if truncates or any(e.type == EntryType.CONFIG for e in entries):
+        if truncates or any(e.type == CONFIG for e in entries):
             self._recompute_config()
 
     def _reject(self, sender: str, rejected: int, prev: int) -> None:
@@ -658,7 +649,7 @@ class RaftCore:
     def _recompute_config(self) -> None:
         """The configuration in force is the latest one in the log, committed or not."""
         for entry in reversed(self.log.entries):
-            if entry.type == EntryType.CONFIG:
+            if entry.type == CONFIG:
                 self.members = members_of(ClusterConfig().parse(entry.data))
                 self.config_index = entry.index
                 break

@@ -17,11 +17,9 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from ipvsmgr_proto.v1 import InstallSnapshotRequest, InstallSnapshotResponse
-
 from . import _codec
 from ._consensus import NoQuorum, NotLeader
-from ._core import Message
+from ._messages import InstallSnapshotRequest, InstallSnapshotResponse, Message
 from ._transport import PeerUnavailable, Receiver
 
 log = structlog.get_logger(__name__)
@@ -132,8 +130,10 @@ class HttpTransport:
                 self.api_addresses[peer] = str((await resp.json())["api_address"])
 
     async def send_snapshot_chunk(self, to: str, chunk: InstallSnapshotRequest) -> InstallSnapshotResponse:
-        body = await self._post(to, "/raft/snapshot", bytes(chunk), seconds=max(self.request_timeout, 60.0))
-        return InstallSnapshotResponse().parse(body)
+        body = await self._post(to, "/raft/snapshot", _codec.encode_one(chunk), seconds=max(self.request_timeout, 60.0))
+        reply = _codec.parse(InstallSnapshotResponse, body)
+        assert isinstance(reply, InstallSnapshotResponse)
+        return reply
 
     async def forward_proposal(self, to: str, command: bytes) -> bytes:
         return await self._post(to, "/raft/propose", command)
@@ -234,7 +234,7 @@ class HttpTransport:
             raise web.HTTPBadRequest(text=str(exc)) from exc
         assert isinstance(chunk, InstallSnapshotRequest)
         reply = await self.receiver().receive_snapshot_chunk(sender, chunk)
-        return web.Response(body=bytes(reply), content_type="application/x-protobuf")
+        return web.Response(body=_codec.encode_one(reply), content_type="application/x-protobuf")
 
     async def _on_propose(self, request: web.Request) -> web.Response:
         self._sender(request)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ipvsmgr_proto.v1 import EntryType, LogEntry
+from ._messages import COMMAND, LogEntry
 
 
 class MemoryStateMachine:
@@ -29,7 +29,7 @@ class MemoryStateMachine:
         return results
 
     def _apply_one(self, entry: LogEntry) -> Any:
-        if entry.type != EntryType.COMMAND:
+        if entry.type != COMMAND:
             return None
         try:
             command = json.loads(entry.data)

@@ -6,7 +6,7 @@ without touching disk, so the engine's decisions never wait on I/O.
 
 from __future__ import annotations
 
-from ipvsmgr_proto.v1 import LogEntry
+from ._messages import LogEntry
 
 
 class MemoryLog:

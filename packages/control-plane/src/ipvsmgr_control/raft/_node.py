@@ -18,11 +18,10 @@ from typing import Any
 
 import structlog
 
-from ipvsmgr_proto.v1 import ClusterConfig, EntryType, InstallSnapshotRequest, InstallSnapshotResponse, LogEntry, Member
-
 from ._consensus import ClusterStatus, MembershipError, MemberStatus, NoQuorum, NotLeader
-from ._core import Message, RaftCore, Ready, Role, SnapshotMeta, encode_members
+from ._core import RaftCore, Ready, Role, SnapshotMeta, encode_members
 from ._memory_log import MemoryLog
+from ._messages import CONFIG, ClusterConfig, InstallSnapshotRequest, InstallSnapshotResponse, LogEntry, Member, Message
 from ._options import TICK_MS, RaftOptions
 from ._snapshot_store import SnapshotStore
 from ._state_machine import StateMachine
@@ -110,14 +109,14 @@ class RaftNode:
 
     async def _bootstrap(self, stored: StoredLog, memory_log: MemoryLog, snapshot: SnapshotMeta) -> None:
         """A first start with --initial-cluster writes the same configuration entry on every member."""
-        has_config = snapshot.members or any(e.type == EntryType.CONFIG for e in memory_log.entries)
+        has_config = snapshot.members or any(e.type == CONFIG for e in memory_log.entries)
         if has_config or not self.initial_members:
             return
         members = {m.name: m for m in self.initial_members}
         entry = LogEntry(
             index=memory_log.last_index + 1,
             term=stored.hard.term,
-            type=EntryType(EntryType.CONFIG),
+            type=CONFIG,
             data=encode_members(members),
         )
         await self.storage.write([AppendWrite([entry])])

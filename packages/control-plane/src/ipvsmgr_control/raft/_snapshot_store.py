@@ -13,9 +13,8 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
-from ipvsmgr_proto.v1 import Member
-
 from ._core import SnapshotMeta
+from ._messages import Member
 
 
 class SnapshotStore(Protocol):

@@ -15,8 +15,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from ipvsmgr_proto.v1 import EntryType, LogEntry
-
+from ._messages import LogEntry
 from ._storage import AppendWrite, CompactWrite, HardState, HardStateWrite, ResetWrite, StoredLog, Write
 
 T = TypeVar("T")
@@ -80,7 +79,7 @@ class SqliteStorage:
         hard = HardState(int(self._meta("term", "0")), self._meta("voted_for", ""))
         offset, offset_term = int(self._meta("offset", "0")), int(self._meta("offset_term", "0"))
         rows = self.db.execute("SELECT idx, term, type, data FROM log WHERE idx > ? ORDER BY idx", (offset,))
-        entries = [LogEntry(index=i, term=t, type=EntryType(k), data=d or b"") for i, t, k, d in rows]
+        entries = [LogEntry(index=i, term=t, type=k, data=d or b"") for i, t, k, d in rows]
         return StoredLog(hard, offset, offset_term, entries)
 
     def _write(self, writes: list[Write]) -> None:

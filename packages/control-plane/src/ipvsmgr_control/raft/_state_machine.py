@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from ipvsmgr_proto.v1 import LogEntry
+from ._messages import LogEntry
 
 
 class StateMachine(Protocol):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ipvsmgr_proto.v1 import LogEntry
+from ._messages import LogEntry
 
 
 @dataclass(frozen=True)

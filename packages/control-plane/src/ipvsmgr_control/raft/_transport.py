@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from ipvsmgr_proto.v1 import InstallSnapshotRequest, InstallSnapshotResponse
-
-from ._core import Message
+from ._messages import InstallSnapshotRequest, InstallSnapshotResponse, Message
 
 
 class PeerUnavailable(Exception):
