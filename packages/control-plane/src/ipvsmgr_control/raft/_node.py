@@ -58,6 +58,7 @@ class RaftNode:
         self._proposals: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._pending: dict[int, tuple[int, asyncio.Future[Any]]] = {}
         self._outbox: deque[tuple[int, str, Message]] = deque()
+        self._deadlines: deque[tuple[float, asyncio.Future[Any]]] = deque()
         self._persist_queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._apply_queue: asyncio.Queue[list[LogEntry]] = asyncio.Queue()
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -244,11 +245,23 @@ class RaftNode:
             await self._wait_change(remaining)
         return core.leader
 
-    async def _propose_local(self, command: bytes) -> Any:
+    def submit(self, command: bytes) -> asyncio.Future[Any]:
+        """Propose on this member, which must lead; the future holds the FSM's result once applied.
+
+        The non-coroutine path for in-process callers with many writes in flight: no task per
+        write, and the deadline is enforced by the tick loop rather than one timer each.
+        """
+        core = self._core()
+        if core.role is not Role.LEADER or core.transfer_target is not None or self.failed:
+            raise NotLeader(core.leader if core.leader != self.name else None)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._proposals.append((command, future))
+        self._deadlines.append((asyncio.get_running_loop().time() + self.options.propose_timeout_s, future))
         self._flush()
-        return await self._await(future, "the write was not committed in time; it may still be applied")
+        return future
+
+    async def _propose_local(self, command: bytes) -> Any:
+        return await self.submit(command)
 
     async def _read_index_local(self) -> int:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -413,6 +426,15 @@ class RaftNode:
             if not self.failed:
                 self._core().tick()
                 self._flush()
+            self._expire_proposals()
+
+    def _expire_proposals(self) -> None:
+        """Writes not applied by their deadline fail with NoQuorum: their outcome is unknown to the client."""
+        now = asyncio.get_running_loop().time()
+        while self._deadlines and (self._deadlines[0][0] <= now or self._deadlines[0][1].done()):
+            _, future = self._deadlines.popleft()
+            if not future.done():
+                future.set_exception(NoQuorum("the write was not committed in time; it may still be applied"))
 
     async def _persist_loop(self) -> None:
         while True:
