@@ -85,7 +85,7 @@ class IpvsmgrNode:
 
 
 async def start_node(index: int, peers: list[str], profile_name: str, data_dir: Path) -> tuple[RaftNode, Any]:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start
     names = [f"n{i}" for i in range(len(peers))]
     transport = HttpTransport()
     raft = RaftNode(
