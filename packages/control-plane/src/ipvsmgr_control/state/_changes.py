@@ -39,9 +39,20 @@ class Subscription:
         try:
             self.queue.put_nowait(batch)
         except asyncio.QueueFull:
-            self.overflowed = True
-            self.queue = asyncio.Queue(1)  # free the backlog; the reader sees `overflowed`
-            self.queue.put_nowait(ChangeBatch(-1))
+            self.resync()
+
+    def resync(self) -> None:
+        """End this subscription: the reader's next() returns None and it must start over from a full state.
+
+        The backlog is dropped, and the wake-up goes through the same queue object, so a reader
+        already waiting in next() on an empty queue wakes up too.
+        """
+        if self.overflowed:
+            return
+        self.overflowed = True
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(ChangeBatch(-1))
 
     async def next(self) -> ChangeBatch | None:
         """The next batch, or None when the watcher must start over from a full state."""
@@ -68,6 +79,11 @@ class WatchHub:
         for sub in self._subs:
             for batch in batches:
                 sub.offer(batch)
+
+    def resync_all(self) -> None:
+        """The history every watcher follows is gone (state replaced by a snapshot): all start over."""
+        for sub in self._subs:
+            sub.resync()
 
     @property
     def subscribers(self) -> int:

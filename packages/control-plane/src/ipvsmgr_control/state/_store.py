@@ -3,20 +3,28 @@
 Every command that changes something takes the next global revision; objects carry
 create/mod revisions; a change log of recent revisions feeds watchers. An in-memory
 copy of the objects serves reads and the write rules.
+
+For Raft snapshots the whole database is the snapshot: `snapshot_to` writes a copy that is
+exactly the state at one applied index, `restore_from` replaces the state with such a copy.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import structlog
 
-from ipvsmgr_proto.v1 import EntryType, LogEntry
+from ipvsmgr_proto.v1 import EntryType
 
-from ..raft import open_durable
+from ..raft import LogEntry, open_durable
 from . import _declarative
 from ._changes import Change, ChangeBatch, WatchHub
 from ._errors import Conflict, WriteRejected
@@ -31,6 +39,23 @@ CREATE TABLE IF NOT EXISTS changes (revision INTEGER NOT NULL, seq INTEGER NOT N
     key TEXT NOT NULL, op TEXT NOT NULL, body TEXT, PRIMARY KEY (revision, seq));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+# What a snapshot must hold, and what a restore copies: table -> columns.
+TABLES = {
+    "objects": ("kind", "key", "body"),
+    "changes": ("revision", "seq", "kind", "key", "op", "body"),
+    "meta": ("key", "value"),
+}
+META_KEYS = ("applied_index", "revision", "compacted_revision")
+
+
+@dataclass
+class _State:
+    """Everything the store keeps in memory, as read from one database state."""
+
+    objects: ObjectSet
+    revision: int
+    compacted_revision: int
+    applied_index: int
 
 
 class _Command:
@@ -77,6 +102,9 @@ class StateStore:
         self.compacted_revision = 0
         self._applied_index = 0
         self.hub = WatchHub()
+        # Held by everything that uses the connection in a transaction or must see the state at
+        # one applied index: apply, snapshot, restore, change-log reads.
+        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path, history: int = 10_000) -> StateStore:
@@ -107,12 +135,17 @@ class StateStore:
         return {"revision": self.revision, **{f"{k}s": self.list_of(k) for k in self.objects.by_kind}}
 
     async def changes_after(self, revision: int) -> list[ChangeBatch] | None:
-        """Batches with a revision above `revision`, or None if that history is compacted."""
-        if revision < self.compacted_revision:
-            return None
-        sql = "SELECT revision, kind, key, op, body FROM changes WHERE revision > ? ORDER BY revision, seq"
-        async with self._db.execute(sql, (revision,)) as cur:
-            rows = await cur.fetchall()
+        """Batches with a revision above `revision`, or None if that history is compacted.
+
+        Never a batch half-written by an apply in progress, and after a restore the history is
+        the snapshot's: revisions below its compacted_revision give None.
+        """
+        async with self._lock:
+            if revision < self.compacted_revision:
+                return None
+            sql = "SELECT revision, kind, key, op, body FROM changes WHERE revision > ? ORDER BY revision, seq"
+            async with self._db.execute(sql, (revision,)) as cur:
+                rows = await cur.fetchall()
         batches: dict[int, ChangeBatch] = {}
         for rev, kind, key, op, body in rows:
             batch = batches.setdefault(rev, ChangeBatch(rev))
@@ -125,15 +158,16 @@ class StateStore:
         return self._applied_index
 
     async def apply(self, entries: list[LogEntry]) -> list[Any]:
-        batches: list[ChangeBatch] = []
-        results = [self._execute_entry(entry, batches) for entry in entries]
-        try:
-            await self._persist(batches, entries[-1].index)
-        except Exception:
-            await self._load()  # the in-memory copy ran ahead of the disk: go back to what is durable
-            raise
-        self.hub.publish(batches)
-        return results
+        async with self._lock:
+            batches: list[ChangeBatch] = []
+            results = [self._execute_entry(entry, batches) for entry in entries]
+            try:
+                await self._persist(batches, entries[-1].index)
+            except Exception:
+                await self._load()  # the in-memory copy ran ahead of the disk: go back to what is durable
+                raise
+            self.hub.publish(batches)
+            return results
 
     def _execute_entry(self, entry: LogEntry, batches: list[ChangeBatch]) -> Any:
         if entry.type != EntryType.COMMAND:
@@ -225,12 +259,171 @@ class StateStore:
         await self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
 
     async def _load(self) -> None:
-        self.objects = ObjectSet()
+        self._install(await self._read_state())
+
+    async def _read_state(self) -> _State:
+        objects = ObjectSet()
         async with self._db.execute("SELECT kind, key, body FROM objects") as cur:
             async for kind, key, body in cur:
-                self.objects.put(kind, key, json.loads(body))
+                objects.put(kind, key, json.loads(body))
         async with self._db.execute("SELECT key, value FROM meta") as cur:
             meta = {k: v async for k, v in cur}
-        self.revision = meta.get("revision", 0)
-        self.compacted_revision = meta.get("compacted_revision", 0)
-        self._applied_index = meta.get("applied_index", 0)
+        return _State(objects, meta.get("revision", 0), meta.get("compacted_revision", 0), meta.get("applied_index", 0))
+
+    def _install(self, state: _State) -> None:
+        """Switch the in-memory copy in one step, so no reader sees a half-loaded state."""
+        self.objects, self.revision = state.objects, state.revision
+        self.compacted_revision, self._applied_index = state.compacted_revision, state.applied_index
+
+    # -- Raft snapshots --------------------------------------------------------
+
+    async def snapshot_to(self, target: Path) -> int:
+        """Write the whole state to `target` as it is at one applied index, and return that index.
+
+        The copy is an SQLite online backup made through the store's own connection while no
+        apply or restore runs, so it is exactly the state at the returned index (its meta table
+        says so; this is checked). It is written to a temporary file beside `target`, fsynced,
+        renamed over `target` and the directory fsynced: when this returns the snapshot is
+        durable, and `target` is never a partial file. The copying runs in worker threads.
+        """
+        tmp = target.with_name(f".{target.name}.tmp")
+        dest = await asyncio.to_thread(_new_database, tmp)
+        try:
+            async with self._lock:
+                index, revision = self._applied_index, self.revision
+                await self._db.backup(dest)  # all pages in one step, on the connection's thread
+            await asyncio.to_thread(_seal_snapshot, dest, tmp, target, index)
+        except BaseException:
+            dest.close()
+            _remove_database(tmp)
+            raise
+        log.info("state snapshot written", applied_index=index, revision=revision, path=str(target))
+        return index
+
+    async def restore_from(self, source: Path) -> None:
+        """Replace the whole state with a snapshot written by `snapshot_to` (e.g. received from the leader).
+
+        The file is checked first (a readable SQLite database with the state tables and sane
+        metadata and objects); if it is not, ValueError and nothing changes. The copy into the
+        live database is one transaction (fsynced at commit): a crash leaves the old state or the
+        new one, never a mix. Then the in-memory objects, revision, compacted revision and
+        applied index are the snapshot's, the change log is the snapshot's (changes_after below
+        its compacted revision gives None), and every live watcher is told to start over from a
+        full state, as on overflow: the revisions it missed are in no change log here.
+        """
+        meta = await asyncio.to_thread(_check_snapshot, source)
+        async with self._lock:
+            previous = self._applied_index
+            try:
+                await self._db.execute("ATTACH DATABASE ? AS snap", (str(source),))
+                state = await self._copy_from_attached()
+            finally:
+                with contextlib.suppress(sqlite3.OperationalError):  # not attached: nothing to undo
+                    await self._db.execute("DETACH DATABASE snap")
+            self._install(state)
+            self.hub.resync_all()
+        log.info("state restored from snapshot", previous_applied_index=previous, path=str(source), **meta)
+
+    async def _copy_from_attached(self) -> _State:
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for table, columns in TABLES.items():
+                cols = ", ".join(columns)
+                await self._db.execute(f"DELETE FROM main.{table}")
+                await self._db.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM snap.{table}")
+            state = await self._read_state()  # what is about to be committed, read back
+            await self._db.commit()
+        except BaseException:
+            await self._db.rollback()
+            await self._load()  # in case the commit went through after all: memory follows the disk
+            raise
+        return state
+
+
+def _new_database(path: Path) -> sqlite3.Connection:
+    _remove_database(path)  # a journal left by an interrupted attempt would be rolled back into the new file
+    return sqlite3.connect(path, check_same_thread=False)
+
+
+def _remove_database(path: Path) -> None:
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def _seal_snapshot(dest: sqlite3.Connection, tmp: Path, target: Path, index: int) -> None:
+    """Make the copy a self-contained file, check it is the state at `index`, fsync it, put it in place."""
+    try:
+        dest.execute("PRAGMA journal_mode=DELETE")  # the backup kept the WAL flag: one file, no -wal
+        row = dest.execute("SELECT value FROM meta WHERE key = 'applied_index'").fetchone()
+    finally:
+        dest.close()
+    copied = row[0] if row else 0
+    if copied != index:
+        raise RuntimeError(f"snapshot copy holds applied index {copied}, expected {index}")
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_snapshot(source: Path) -> dict[str, int]:
+    """Refuse, with a ValueError that says why, a file that is not a state snapshot; its meta if it is."""
+    if not source.is_file():
+        raise ValueError(f"{source}: not a state snapshot: no such file")
+    try:
+        db = sqlite3.connect(source.resolve().as_uri() + "?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise ValueError(f"{source}: not a state snapshot: cannot open it: {exc}") from exc
+    try:
+        return _check_contents(db, source)
+    except sqlite3.Error as exc:
+        raise ValueError(f"{source}: not a state snapshot: {exc}") from exc
+    finally:
+        db.close()
+
+
+def _check_contents(db: sqlite3.Connection, source: Path) -> dict[str, int]:
+    def refuse(why: str) -> ValueError:
+        return ValueError(f"{source}: not a state snapshot: {why}")
+
+    problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+    if problems != ["ok"]:
+        raise refuse(f"the database is damaged ({'; '.join(map(str, problems[:3]))})")
+    for table, columns in TABLES.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if not have:
+            raise refuse(f"table {table!r} is missing")
+        if missing := [c for c in columns if c not in have]:
+            raise refuse(f"table {table!r} lacks columns {', '.join(missing)}")
+    stored = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    meta = {key: stored.get(key, 0) for key in META_KEYS}
+    for key, value in meta.items():
+        if type(value) is not int or value < 0:
+            raise refuse(f"meta {key} is {value!r}, not a revision or index")
+    if meta["compacted_revision"] > meta["revision"]:
+        raise refuse(f"compacted revision {meta['compacted_revision']} is above the revision {meta['revision']}")
+    objects = ObjectSet()
+    for kind, key, body in db.execute("SELECT kind, key, body FROM objects"):
+        try:
+            obj = json.loads(body)
+            if not isinstance(obj, dict):
+                raise TypeError(f"{type(obj).__name__}, not an object")
+            objects.put(kind, key, obj)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise refuse(f"object {kind}/{key} is unreadable: {exc!r}") from exc
+    sql = "SELECT COUNT(*) FROM changes WHERE op NOT IN ('put', 'delete') OR revision <= ? OR revision > ?"
+    (bad,) = db.execute(sql, (meta["compacted_revision"], meta["revision"])).fetchone()
+    if bad:
+        raise refuse(f"{bad} change log rows are outside the kept history or malformed")
+    return meta
