@@ -371,7 +371,7 @@ class RaftNode:
             self._persist_queue.put_nowait(("writes", ready.writes))
         now: dict[str, list[Message]] = {}
         for to, msg, needs in ready.messages:
-            if needs <= self._core().persisted_seq and not self._outbox:
+            if needs <= self._core().persisted_seq:  # e.g. heartbeat replies: never queued behind disk writes
                 now.setdefault(to, []).append(msg)
             else:
                 self._outbox.append((needs, to, msg))
