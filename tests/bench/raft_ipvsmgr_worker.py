@@ -87,7 +87,7 @@ class IpvsmgrNode:
 async def start_node(index: int, peers: list[str], profile_name: str, data_dir: Path) -> tuple[RaftNode, Any]:
     data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start
     names = [f"n{i}" for i in range(len(peers))]
-    transport = HttpTransport()
+    transport = HttpTransport(peer_address=peers[index])
     raft = RaftNode(
         names[index],
         storage=await SqliteStorage.open(data_dir / "raft-log.db"),

@@ -47,7 +47,7 @@ def _consensus(config: _config.ServerConfig, storage: SqliteStorage, store: Stat
         storage=storage,
         fsm=store,
         snapshots=FileSnapshotStore(data / "snapshots"),
-        transport=HttpTransport(api_address=config.advertise_api),
+        transport=HttpTransport(api_address=config.advertise_api, peer_address=config.advertise_peer),
         options=_config.raft_options(config),
         initial_members=members if config.initial_cluster_state == "new" else [],
     )

@@ -24,6 +24,7 @@ from ._transport import PeerUnavailable, Receiver
 
 log = structlog.get_logger(__name__)
 SENDER = "X-Raft-Sender"
+SENDER_ADDRESS = "X-Raft-Sender-Address"
 MAX_QUEUE = 20_000
 BACKOFF = (0.05, 1.0)
 
@@ -62,7 +63,7 @@ class _PeerLink:
 
     async def _stream(self) -> None:
         url = f"http://{self.address}/raft/stream"
-        headers = {SENDER: self.transport.name}
+        headers = {SENDER: self.transport.name, SENDER_ADDRESS: self.transport.own_peer_address}
         async with self.transport.session().ws_connect(url, headers=headers, heartbeat=5.0, max_msg_size=0) as ws:
             self.connected = True
             log.info("raft peer link up", peer=self.peer, address=self.address)
@@ -84,14 +85,16 @@ class _PeerLink:
 
 
 class HttpTransport:
-    def __init__(self, api_address: str = "", request_timeout: float = 15.0) -> None:
+    def __init__(self, api_address: str = "", peer_address: str = "", request_timeout: float = 15.0) -> None:
         self.name = ""
-        self.own_api_address = api_address
+        self.own_api_address, self.own_peer_address = api_address, peer_address
+        self._learned: dict[str, str] = {}  # senders not (yet) in our configuration, e.g. while we join
         self.api_addresses: dict[str, str] = {}  # learned from each peer when its link comes up
         self._receiver: Receiver | None = None
         self._session: aiohttp.ClientSession | None = None
         self._links: dict[str, _PeerLink] = {}
         self._addresses: dict[str, str] = {}
+        self._configured: dict[str, str] = {}
         self.drop: set[str] = set()  # the fault hook: peers whose traffic is discarded both ways
         self.request_timeout = request_timeout
         self._inbound: set[web.WebSocketResponse] = set()
@@ -103,13 +106,30 @@ class HttpTransport:
         self.name, self._receiver = name, receiver
 
     def set_peers(self, peers: dict[str, str]) -> None:
-        for name in [n for n in self._links if peers.get(n) != self._links[n].address]:
+        self._configured = dict(peers)
+        self._relink()
+
+    def _relink(self) -> None:
+        wanted = {**self._learned, **self._configured}
+        wanted.pop(self.name, None)
+        for name in [n for n in self._links if wanted.get(n) != self._links[n].address]:
             link = self._links.pop(name)
             asyncio.get_running_loop().create_task(link.close())
-        self._addresses = dict(peers)
-        for name, address in peers.items():
+        self._addresses = wanted
+        for name, address in wanted.items():
             if name not in self._links and address:
                 self._links[name] = _PeerLink(self, name, address)
+
+    def _learn(self, sender: str, address: str) -> None:
+        """Whoever streams to us can be answered, configured or not: a server joining (we are not in its
+        configuration yet), or a leader removing itself (it is no longer in ours until the change commits)."""
+        if address and self._learned.get(sender) != address:
+            self._learned[sender] = address
+            self._relink()
+
+    def _forget(self, sender: str) -> None:
+        if self._learned.pop(sender, None) is not None and sender not in self._configured:
+            self._relink()
 
     def send(self, to: str, messages: list[Message]) -> None:
         link = self._links.get(to)
@@ -206,6 +226,7 @@ class HttpTransport:
 
     async def _on_stream(self, request: web.Request) -> web.WebSocketResponse:
         sender = self._sender(request)
+        self._learn(sender, request.headers.get(SENDER_ADDRESS, ""))
         ws = web.WebSocketResponse(max_msg_size=_codec.MAX_MESSAGE)
         await ws.prepare(request)
         self._inbound.add(ws)
@@ -213,6 +234,8 @@ class HttpTransport:
             await self._read_stream(sender, ws)
         finally:
             self._inbound.discard(ws)
+            if not self._closed:
+                self._forget(sender)
         return ws
 
     async def _read_stream(self, sender: str, ws: web.WebSocketResponse) -> None:
