@@ -71,10 +71,16 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks that print tables (latency, reconcile time); `-- kernel` adds the VM figures."""
+    """Benchmarks that print tables: latency and reconcile (default), `-- kernel` (VM), `-- raft`, `-- soak`."""
     install_project(session)
     session.install("virtme-ng")
     if session.posargs[:1] == ["kernel"]:  # the IPVS figures, measured inside the VM
         session.run("python", "tests/kernel/run_in_vm.py", "--bench", *session.posargs[1:], "--dataplane", "ipvs")
+    elif session.posargs[:1] == ["raft"]:  # (a) and (c) against PySyncObj, then (b) through the REST API
+        session.install("pysyncobj==0.3.17")
+        session.run("python", "tests/bench/raft_bench.py", *session.posargs[1:])
+        session.run("python", "tests/bench/raft_rest.py")
+    elif session.posargs[:1] == ["soak"]:  # the Raft fault schedules (at least 20), linearizability checked
+        session.run("python", "tests/bench/raft_soak.py", *session.posargs[1:])
     else:
         session.run("python", "tests/bench/run.py", *session.posargs)

@@ -68,9 +68,7 @@ PYSYNCOBJ_WORKER = HERE / "raft_pysyncobj_worker.py"
 NO_FSYNC = "PySyncObj defaults: no journal, no fsync"
 
 ENGINES: dict[str, WorkerEngine] = {
-    # The ipvsmgr engine goes here, first, with fsync on, e.g.:
-    #   "ipvsmgr": WorkerEngine("ipvsmgr", HERE / "raft_ipvsmgr_worker.py", "sqlite log, fsync on"),
-    # Its worker implements raft_harness.WorkerNode (status + propose) and calls raft_harness.serve().
+    "ipvsmgr": WorkerEngine("ipvsmgr", HERE / "raft_ipvsmgr_worker.py", "ipvsmgr: SQLite log, fsync on every batch"),
     "pysyncobj-batch": WorkerEngine("pysyncobj batch=on", PYSYNCOBJ_WORKER, NO_FSYNC, ("--batch", "on")),
     "pysyncobj-nobatch": WorkerEngine("pysyncobj batch=off", PYSYNCOBJ_WORKER, NO_FSYNC, ("--batch", "off")),
 }

@@ -65,6 +65,7 @@ class IpvsmgrNode:
             "term": status.term,
             "commit": status.commit_index,
             "applied": status.applied_index,
+            "connected": sum(1 for m in status.members if m.name != self.raft.name and m.reachable),
         }
 
     def propose(self, command: bytes, done: ProposeDone) -> None:

@@ -1,0 +1,112 @@
+"""Raft benchmark (b): writes through the REST API of a 3-server cluster (separate processes, loopback, fsync on).
+
+    python tests/bench/raft_rest.py [--clients 1,64] [--seconds 10] [--profile default] [--json PATH]
+
+Each client is a closed loop: PUT /v1/services/<unique name> to the leader, wait for the acknowledgement
+(committed on a quorum and applied to the SQLite state machine), send the next. Prints writes/s and the
+request latency p50/p99 per client count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _support.processes import BIN, Server, free_port, wait_until
+
+
+def start_cluster(tmp: Path, profile: str) -> list[Server]:
+    peers = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    initial = ",".join(f"n{i}={p}" for i, p in enumerate(peers))
+    servers = []
+    for i, peer in enumerate(peers):
+        api, data = f"127.0.0.1:{free_port()}", tmp / f"n{i}"
+        cmd = [str(BIN / "ipvsmgr-server"), "--name", f"n{i}", "--data-dir", str(data), "--listen-api", api]
+        cmd += ["--listen-peer", peer, "--listen-grpc", f"127.0.0.1:{free_port()}", "--initial-cluster", initial]
+        cmd += ["--raft-profile", profile, "--log-format", "json"]
+        servers.append(Server(cmd, tmp / f"n{i}.log", api=api, data_dir=data).start())
+    for srv in servers:
+        wait_until(srv.ready, 60, f"{srv.api} ready")
+    return servers
+
+
+def leader_api(servers: list[Server]) -> str:
+    _, body = servers[0].request("GET", "/v1/cluster")
+    by_name = {m["name"]: m for m in body["members"]}
+    return str(by_name[body["leader"]]["api_address"] or servers[int(body["leader"][1:])].api)
+
+
+async def client(session: aiohttp.ClientSession, url: str, cid: int, until: float, lat: list[float]) -> int:
+    errors = 0
+    n = 0
+    while time.perf_counter() < until:
+        n += 1
+        body = {"vip": f"127.{cid // 250 + 2}.{cid % 250}.{n % 250 + 1}", "port": 1 + (n // 250) % 60000}
+        started = time.perf_counter()
+        async with session.put(f"{url}/v1/services/c{cid}-{n}", json={**body, "protocol": "tcp"}) as resp:
+            await resp.read()
+            if resp.status in (200, 201):
+                lat.append((time.perf_counter() - started) * 1000)
+            else:
+                errors += 1
+    return errors
+
+
+async def run_point(url: str, clients: int, seconds: float, warmup: float) -> dict[str, Any]:
+    connector = aiohttp.TCPConnector(limit=clients + 4)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        warm: list[float] = []
+        await asyncio.gather(
+            *(client(session, url, 900 + c, time.perf_counter() + warmup, warm) for c in range(clients))
+        )
+        lat: list[float] = []
+        until = time.perf_counter() + seconds
+        errors = await asyncio.gather(*(client(session, url, c, until, lat) for c in range(clients)))
+    lat.sort()
+    p = statistics.quantiles(lat, n=100) if len(lat) > 1 else [float("nan")] * 99
+    return {"clients": clients, "writes": len(lat), "writes_per_s": len(lat) / seconds, "p50_ms": p[49],
+            "p99_ms": p[98], "errors": sum(errors)}  # fmt: skip
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", default="1,64", help="comma-separated concurrent client counts")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--profile", default="default", choices=["default", "fast"])
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="raft-rest-") as tmp:
+        servers = start_cluster(Path(tmp), args.profile)
+        try:
+            url = f"http://{leader_api(servers)}"
+            print(f"{'clients':>8} {'writes/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}   (REST PUT -> leader)")
+            for clients in (int(c) for c in args.clients.split(",")):
+                r = asyncio.run(run_point(url, clients, args.seconds, args.warmup))
+                results.append(r)
+                print(
+                    f"{clients:>8} {r['writes_per_s']:>10,.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>7}"
+                )
+        finally:
+            for srv in servers:
+                srv.stop(signal.SIGKILL)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
