@@ -4,6 +4,10 @@ Every command that changes something takes the next global revision; objects car
 create/mod revisions; a change log of recent revisions feeds watchers. An in-memory
 copy of the objects serves reads and the write rules.
 
+The SQLite connection belongs to one worker thread: every database call of the store runs
+there, in order, so the event loop never waits on the disk. An applied batch is one call on
+that thread: its rows are gathered first, then written with executemany in one transaction.
+
 For Raft snapshots the whole database is the snapshot: `snapshot_to` writes a copy that is
 exactly the state at one applied index, `restore_from` replaces the state with such a copy.
 """
@@ -15,16 +19,17 @@ import contextlib
 import json
 import os
 import sqlite3
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import aiosqlite
 import structlog
 
 from ipvsmgr_proto.v1 import EntryType
 
-from ..raft import LogEntry, open_durable
+from ..raft import LogEntry
 from . import _declarative
 from ._changes import Change, ChangeBatch, WatchHub
 from ._errors import Conflict, WriteRejected
@@ -32,6 +37,7 @@ from ._objects import ObjectSet, check_if_match, content, stamp
 
 log = structlog.get_logger(__name__)
 Obj = dict[str, Any]
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (kind TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (kind, key));
@@ -46,6 +52,8 @@ TABLES = {
     "meta": ("key", "value"),
 }
 META_KEYS = ("applied_index", "revision", "compacted_revision")
+# json.dumps(obj, separators=(",", ":")) without building an encoder on every call
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass
@@ -56,6 +64,32 @@ class _State:
     revision: int
     compacted_revision: int
     applied_index: int
+
+
+@dataclass
+class _Writes:
+    """Every row one applied batch changes, written on the database thread in one transaction."""
+
+    changes: list[tuple[int, int, str, str, str, str | None]] = field(default_factory=list)
+    puts: list[tuple[str, str, str]] = field(default_factory=list)
+    deletes: list[tuple[str, str]] = field(default_factory=list)
+    compact_to: int = 0  # change rows up to this revision are dropped (0: none)
+    meta: list[tuple[str, int]] = field(default_factory=list)
+
+    def commit(self, db: sqlite3.Connection) -> None:
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT INTO changes VALUES (?, ?, ?, ?, ?, ?)", self.changes)
+            db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?)", self.puts)
+            db.executemany("DELETE FROM objects WHERE kind = ? AND key = ?", self.deletes)
+            if self.compact_to:
+                db.execute("DELETE FROM changes WHERE revision <= ?", (self.compact_to,))
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", self.meta)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
 
 class _Command:
@@ -94,8 +128,9 @@ class _Command:
 class StateStore:
     """The FSM behind consensus, and the read side every API and stream uses."""
 
-    def __init__(self, db: aiosqlite.Connection, history: int, path: Path) -> None:
-        self._db, self._path = db, path
+    def __init__(self, db: sqlite3.Connection, executor: ThreadPoolExecutor, history: int, path: Path) -> None:
+        self._db, self._executor, self._path = db, executor, path
+        self._closed = False
         self.history = history
         self.objects = ObjectSet()
         self.revision = 0
@@ -108,19 +143,36 @@ class StateStore:
 
     @classmethod
     async def open(cls, path: Path, history: int = 10_000) -> StateStore:
-        db = await open_durable(path)
-        await db.executescript(SCHEMA)
-        store = cls(db, history, path)
-        await store._load()
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-sqlite")
+        try:
+            db = await asyncio.get_running_loop().run_in_executor(executor, _connect, path)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        store = cls(db, executor, history, path)
+        try:
+            await store._load()
+        except BaseException:
+            await store.close()
+            raise
         return store
 
     async def close(self) -> None:
-        await self._db.close()
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._run(sqlite3.Connection.close)
+        finally:
+            self._executor.shutdown(wait=False)  # its one thread is idle now and ends on its own
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call fn(connection, *args) on the database thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._db, *args)
 
     async def backup_to(self, target: Path) -> None:
         """A consistent copy of the committed state, read through a separate connection (WAL snapshot)."""
-        async with aiosqlite.connect(self._path) as source, aiosqlite.connect(target) as dest:
-            await source.backup(dest)
+        await asyncio.to_thread(_backup_file, self._path, target)
 
     # -- reads -------------------------------------------------------------
 
@@ -143,14 +195,7 @@ class StateStore:
         async with self._lock:
             if revision < self.compacted_revision:
                 return None
-            sql = "SELECT revision, kind, key, op, body FROM changes WHERE revision > ? ORDER BY revision, seq"
-            async with self._db.execute(sql, (revision,)) as cur:
-                rows = await cur.fetchall()
-        batches: dict[int, ChangeBatch] = {}
-        for rev, kind, key, op, body in rows:
-            batch = batches.setdefault(rev, ChangeBatch(rev))
-            batch.changes.append(Change(kind, key, op, json.loads(body) if body else None))
-        return list(batches.values())
+            return await self._run(_changes_after, revision)
 
     # -- the state machine ---------------------------------------------------
 
@@ -161,11 +206,15 @@ class StateStore:
         async with self._lock:
             batches: list[ChangeBatch] = []
             results = [self._execute_entry(entry, batches) for entry in entries]
+            writes = self._writes(batches, entries[-1].index)
             try:
-                await self._persist(batches, entries[-1].index)
+                await self._run(writes.commit)  # one trip to the database thread for the whole batch
             except Exception:
                 await self._load()  # the in-memory copy ran ahead of the disk: go back to what is durable
                 raise
+            self._applied_index = entries[-1].index
+            if writes.compact_to:
+                self.compacted_revision = writes.compact_to
             self.hub.publish(batches)
             return results
 
@@ -185,7 +234,8 @@ class StateStore:
         if cmd.changes:
             self.revision = cmd.revision
             batches.append(ChangeBatch(cmd.revision, cmd.changes))
-        return {**result, "revision": self.revision}
+        result["revision"] = self.revision
+        return result
 
     def _execute(self, command: dict[str, Any], cmd: _Command) -> dict[str, Any]:
         op, kind = command["op"], command.get("kind", "")
@@ -223,52 +273,34 @@ class StateStore:
 
     # -- durability ----------------------------------------------------------
 
-    async def _persist(self, batches: list[ChangeBatch], applied_index: int) -> None:
-        await self._db.execute("BEGIN")
-        try:
-            for batch in batches:
-                await self._write_batch(batch)
-            await self._compact()
-            await self._set_meta(applied_index=applied_index, revision=self.revision)
-            await self._db.commit()
-        except BaseException:
-            await self._db.rollback()
-            raise
-        self._applied_index = applied_index
+    def _writes(self, batches: list[ChangeBatch], applied_index: int) -> _Writes:
+        """The rows of one applied batch: change log, the last version of each object touched, meta.
 
-    async def _write_batch(self, batch: ChangeBatch) -> None:
-        for seq, ch in enumerate(batch.changes):
-            body = json.dumps(ch.object, separators=(",", ":")) if ch.object is not None else None
-            await self._db.execute(
-                "INSERT INTO changes VALUES (?, ?, ?, ?, ?, ?)", (batch.revision, seq, ch.kind, ch.key, ch.op, body)
-            )
-            if ch.op == "put":
-                await self._db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?)", (ch.kind, ch.key, body))
+        Only an object's final state in the batch is written (a put then a delete of one key is
+        a delete), so the upserts and deletes can go in any order.
+        """
+        writes = _Writes()
+        final: dict[tuple[str, str], str | None] = {}
+        for batch in batches:
+            for seq, ch in enumerate(batch.changes):
+                body = _dumps(ch.object) if ch.object is not None else None
+                writes.changes.append((batch.revision, seq, ch.kind, ch.key, ch.op, body))
+                final[(ch.kind, ch.key)] = body if ch.op == "put" else None
+        for (kind, key), body in final.items():
+            if body is None:
+                writes.deletes.append((kind, key))
             else:
-                await self._db.execute("DELETE FROM objects WHERE kind = ? AND key = ?", (ch.kind, ch.key))
-
-    async def _compact(self) -> None:
-        """Keep `history` revisions of changes; older watchers get a full state instead."""
+                writes.puts.append((kind, key, body))
+        # Keep `history` revisions of changes; older watchers get a full state instead.
         floor = self.revision - self.history
         if floor > self.compacted_revision:
-            await self._db.execute("DELETE FROM changes WHERE revision <= ?", (floor,))
-            self.compacted_revision = floor
-            await self._set_meta(compacted_revision=floor)
-
-    async def _set_meta(self, **values: int) -> None:
-        await self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
+            writes.compact_to = floor
+            writes.meta.append(("compacted_revision", floor))
+        writes.meta += [("applied_index", applied_index), ("revision", self.revision)]
+        return writes
 
     async def _load(self) -> None:
-        self._install(await self._read_state())
-
-    async def _read_state(self) -> _State:
-        objects = ObjectSet()
-        async with self._db.execute("SELECT kind, key, body FROM objects") as cur:
-            async for kind, key, body in cur:
-                objects.put(kind, key, json.loads(body))
-        async with self._db.execute("SELECT key, value FROM meta") as cur:
-            meta = {k: v async for k, v in cur}
-        return _State(objects, meta.get("revision", 0), meta.get("compacted_revision", 0), meta.get("applied_index", 0))
+        self._install(await self._run(_read_state))
 
     def _install(self, state: _State) -> None:
         """Switch the in-memory copy in one step, so no reader sees a half-loaded state."""
@@ -291,7 +323,7 @@ class StateStore:
         try:
             async with self._lock:
                 index, revision = self._applied_index, self.revision
-                await self._db.backup(dest)  # all pages in one step, on the connection's thread
+                await self._run(_backup_into, dest)  # all pages in one step, on the connection's thread
             await asyncio.to_thread(_seal_snapshot, dest, tmp, target, index)
         except BaseException:
             dest.close()
@@ -315,29 +347,88 @@ class StateStore:
         async with self._lock:
             previous = self._applied_index
             try:
-                await self._db.execute("ATTACH DATABASE ? AS snap", (str(source),))
-                state = await self._copy_from_attached()
-            finally:
-                with contextlib.suppress(sqlite3.OperationalError):  # not attached: nothing to undo
-                    await self._db.execute("DETACH DATABASE snap")
+                state = await self._run(_copy_from, source)
+            except Exception:
+                await self._load()  # in case the commit went through after all: memory follows the disk
+                raise
             self._install(state)
             self.hub.resync_all()
         log.info("state restored from snapshot", previous_applied_index=previous, path=str(source), **meta)
 
-    async def _copy_from_attached(self) -> _State:
-        await self._db.execute("BEGIN IMMEDIATE")
+
+# -- on the database thread ------------------------------------------------------
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    # synchronous=NORMAL: in WAL mode a commit is atomic and consistent but not fsynced (the WAL is
+    # synced at checkpoints), so a power failure may lose the last transactions; a process crash
+    # (kill -9) loses nothing. That is enough here because this database is not the source of truth:
+    # the Raft log is fsynced before an entry is acknowledged, the applied index is stored in the same
+    # transaction as the entry's effects, and at start the engine replays the log after that index, or
+    # restores its latest snapshot (fsynced by snapshot_to) if the index is behind it. A restore itself
+    # commits with synchronous=FULL (see _copy_from).
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(SCHEMA)
+    return db
+
+
+def _read_state(db: sqlite3.Connection) -> _State:
+    objects = ObjectSet()
+    for kind, key, body in db.execute("SELECT kind, key, body FROM objects"):
+        objects.put(kind, key, json.loads(body))
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    return _State(objects, meta.get("revision", 0), meta.get("compacted_revision", 0), meta.get("applied_index", 0))
+
+
+def _changes_after(db: sqlite3.Connection, revision: int) -> list[ChangeBatch]:
+    sql = "SELECT revision, kind, key, op, body FROM changes WHERE revision > ? ORDER BY revision, seq"
+    batches: dict[int, ChangeBatch] = {}
+    for rev, kind, key, op, body in db.execute(sql, (revision,)):
+        batch = batches.get(rev)
+        if batch is None:
+            batch = batches[rev] = ChangeBatch(rev)
+        batch.changes.append(Change(kind, key, op, json.loads(body) if body else None))
+    return list(batches.values())
+
+
+def _backup_into(db: sqlite3.Connection, dest: sqlite3.Connection) -> None:
+    db.backup(dest)
+
+
+def _copy_from(db: sqlite3.Connection, source: Path) -> _State:
+    """Replace every table with the attached snapshot's, in one transaction; the state that was committed."""
+    db.execute("PRAGMA synchronous=FULL")  # rare: this commit is on disk when it returns
+    try:
+        db.execute("ATTACH DATABASE ? AS snap", (str(source),))
         try:
-            for table, columns in TABLES.items():
-                cols = ", ".join(columns)
-                await self._db.execute(f"DELETE FROM main.{table}")
-                await self._db.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM snap.{table}")
-            state = await self._read_state()  # what is about to be committed, read back
-            await self._db.commit()
-        except BaseException:
-            await self._db.rollback()
-            await self._load()  # in case the commit went through after all: memory follows the disk
-            raise
-        return state
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for table, columns in TABLES.items():
+                    cols = ", ".join(columns)
+                    db.execute(f"DELETE FROM main.{table}")
+                    db.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM snap.{table}")
+                state = _read_state(db)  # what is about to be committed, read back
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        finally:
+            with contextlib.suppress(sqlite3.OperationalError):  # not attached: nothing to undo
+                db.execute("DETACH DATABASE snap")
+    finally:
+        db.execute("PRAGMA synchronous=NORMAL")
+    return state
+
+
+# -- in other worker threads ---------------------------------------------------------
+
+
+def _backup_file(source: Path, target: Path) -> None:
+    with contextlib.closing(sqlite3.connect(source)) as src, contextlib.closing(sqlite3.connect(target)) as dest:
+        src.backup(dest)
 
 
 def _new_database(path: Path) -> sqlite3.Connection:
