@@ -23,6 +23,9 @@ BACKEND_STATES = ("enabled", "draining", "disabled")
 CHECK_TYPES = ("tcp", "http", "https", "udp", "dns", "script")
 VIP_MODES = ("all-nodes", "floating")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# IPv4 addresses exactly as ipaddress writes them (no leading zeros, ASCII digits): parsing one gives it back.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
+CANONICAL_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 READ_ONLY = ("create_revision", "mod_revision")
 
 
@@ -68,12 +71,20 @@ class Checker:
 
 
 def ip(value: Any) -> str:
+    """The canonical text of an IPv4 or IPv6 address."""
     if not isinstance(value, str):
         raise TypeError("must be an IP address string")
+    if CANONICAL_IPV4.fullmatch(value):
+        return value  # the common case, without building an address object
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
         raise ValueError(f"{value!r} is not a valid IPv4 or IPv6 address") from None
+
+
+def family(canonical: str) -> int:
+    """4 or 6 for an address `ip` returned: only the IPv6 text form has colons."""
+    return 6 if ":" in canonical else 4
 
 
 def integer(lo: int, hi: int) -> Callable[[Any], int]:
@@ -126,8 +137,23 @@ def labels(value: Any) -> dict[str, str]:
 
 
 PORT = integer(1, 65535)
+PORT_OR_ZERO = integer(0, 65535)
 WEIGHT = integer(0, 65535)
 FWMARK = integer(1, 2**32 - 1)
+# Parsers used on every write, built once.
+_FWMARK_OR_ZERO = integer(0, 2**32 - 1)
+_QUORUM = integer(0, 1_000_000)
+_TIMEOUT = integer(1, 2**31 - 1)
+_CHECK_SECONDS = number(0, 3600)
+_RISE_FALL = integer(1, 100)
+_MAX_VIPS = integer(0, 1_000_000)
+_PROTOCOL = choice(PROTOCOLS)
+_SCHEDULER = choice(SCHEDULERS)
+_FORWARDING = choice(FORWARDING)
+_BACKEND_STATE = choice(BACKEND_STATES)
+_ON_FAILURE = choice(("drain", "remove"))
+_CHECK_TYPE = choice(CHECK_TYPES)
+_VIP_MODE = choice(VIP_MODES)
 BACKEND_FIELDS = ("address", "port", "weight", "forwarding", "state")
 
 
@@ -137,10 +163,10 @@ def backend(body: Any, path: str = "", errors: list[FieldError] | None = None, p
     c.unknown(BACKEND_FIELDS)
     out: Obj = {
         "address": c.get("address", ip, required=True),
-        "port": c.get("port", integer(0 if port_zero else 1, 65535), required=True),
+        "port": c.get("port", PORT_OR_ZERO if port_zero else PORT, required=True),
         "weight": c.get("weight", WEIGHT, 1),
-        "forwarding": c.get("forwarding", choice(FORWARDING)),
-        "state": c.get("state", choice(BACKEND_STATES), "enabled"),
+        "forwarding": c.get("forwarding", _FORWARDING),
+        "state": c.get("state", _BACKEND_STATE, "enabled"),
     }
     if errors is None:
         c.raise_if_failed()
@@ -168,20 +194,20 @@ def service(body: Any, path: str = "") -> Obj:
     """Normalise a service with its backends; raise ValidationError naming every bad field."""
     c = Checker(body, path)
     c.unknown(SERVICE_FIELDS)
-    fwmark = c.get("fwmark", integer(0, 2**32 - 1), 0)
+    fwmark = c.get("fwmark", _FWMARK_OR_ZERO, 0)
     out: Obj = {
         "name": c.get("name", name, required=True),
         "vip": c.get("vip", ip, required=not fwmark),
         "port": 0 if fwmark else c.get("port", PORT, required=True),
-        "protocol": None if fwmark else c.get("protocol", choice(PROTOCOLS), "tcp"),
+        "protocol": None if fwmark else c.get("protocol", _PROTOCOL, "tcp"),
         "fwmark": fwmark,
-        "scheduler": c.get("scheduler", choice(SCHEDULERS), "wlc"),
+        "scheduler": c.get("scheduler", _SCHEDULER, "wlc"),
         "persistence": _persistence(c),
-        "forwarding": c.get("forwarding", choice(FORWARDING), "nat"),
+        "forwarding": c.get("forwarding", _FORWARDING, "nat"),
         "health_check": _health_check(c),
-        "on_backend_failure": c.get("on_backend_failure", choice(("drain", "remove")), "drain"),
+        "on_backend_failure": c.get("on_backend_failure", _ON_FAILURE, "drain"),
         "sorry_backend": _sorry_backend(c),
-        "quorum": c.get("quorum", integer(0, 1_000_000), 0),
+        "quorum": c.get("quorum", _QUORUM, 0),
         "backends": _backends(c, port_zero=bool(fwmark)),
     }
     if fwmark and c.body.get("port") not in (None, 0):
@@ -197,7 +223,7 @@ def _persistence(c: Checker) -> Obj | None:
         return None
     p = c.child("persistence", raw)
     p.unknown(("timeout", "netmask"))
-    return {"timeout": p.get("timeout", integer(1, 2**31 - 1), 300), "netmask": p.get("netmask", _netmask)}
+    return {"timeout": p.get("timeout", _TIMEOUT, 300), "netmask": p.get("netmask", _netmask)}
 
 
 def _netmask(value: Any) -> str:
@@ -216,11 +242,11 @@ def _health_check(c: Checker) -> Obj | None:
         return None
     h = c.child("health_check", raw)
     out = dict(h.body)
-    out["type"] = h.get("type", choice(CHECK_TYPES), required=True)
-    out["interval"] = h.get("interval", number(0, 3600), 2.0)
-    out["timeout"] = h.get("timeout", number(0, 3600), 1.0)
-    out["rise"] = h.get("rise", integer(1, 100), 2)
-    out["fall"] = h.get("fall", integer(1, 100), 3)
+    out["type"] = h.get("type", _CHECK_TYPE, required=True)
+    out["interval"] = h.get("interval", _CHECK_SECONDS, 2.0)
+    out["timeout"] = h.get("timeout", _CHECK_SECONDS, 1.0)
+    out["rise"] = h.get("rise", _RISE_FALL, 2)
+    out["fall"] = h.get("fall", _RISE_FALL, 3)
     if "port" in out:
         out["port"] = h.get("port", PORT)
     if out["type"] == "script" and not isinstance(out.get("command"), str | list):
@@ -257,11 +283,11 @@ def _check_families(c: Checker, svc: Obj) -> None:
     """IPVS forwards only within one address family, except tunnel mode; refuse a mix early."""
     if not svc["vip"]:
         return
-    family = ipaddress.ip_address(svc["vip"]).version
+    vip_family = family(svc["vip"])
     for i, b in enumerate(svc["backends"]):
         mode = b["forwarding"] or svc["forwarding"]
-        if b["address"] and mode != "tunnel" and ipaddress.ip_address(b["address"]).version != family:
-            c.fail(f"backends[{i}].address", f"is IPv{6 if family == 4 else 4} but the VIP is IPv{family}")
+        if b["address"] and mode != "tunnel" and family(b["address"]) != vip_family:
+            c.fail(f"backends[{i}].address", f"is IPv{6 if vip_family == 4 else 4} but the VIP is IPv{vip_family}")
 
 
 VIP_FIELDS = ("address", "group", "mode", "preferred_node", "preempt")
@@ -273,7 +299,7 @@ def vip(body: Any, path: str = "") -> Obj:
     out: Obj = {
         "address": c.get("address", ip, required=True),
         "group": c.get("group", name, "default"),
-        "mode": c.get("mode", choice(VIP_MODES), "all-nodes"),
+        "mode": c.get("mode", _VIP_MODE, "all-nodes"),
         "preferred_node": c.get("preferred_node", name),
         "preempt": c.get("preempt", boolean, False),
     }
@@ -290,8 +316,8 @@ def vip_group(body: Any, path: str = "") -> Obj:
     out: Obj = {
         "name": c.get("name", name, required=True),
         "node_selector": c.get("node_selector", labels, {}),
-        "lease_ttl": c.get("lease_ttl", number(0, 3600), 3.0),
-        "max_vips_per_node": c.get("max_vips_per_node", integer(0, 1_000_000), 0),
+        "lease_ttl": c.get("lease_ttl", _CHECK_SECONDS, 3.0),
+        "max_vips_per_node": c.get("max_vips_per_node", _MAX_VIPS, 0),
     }
     c.raise_if_failed()
     return out
