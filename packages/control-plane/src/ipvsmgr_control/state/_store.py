@@ -54,6 +54,8 @@ TABLES = {
 META_KEYS = ("applied_index", "revision", "compacted_revision")
 # json.dumps(obj, separators=(",", ":")) without building an encoder on every call
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
+# json.loads of a str; commands are UTF-8 (ASCII: json.dumps escapes the rest), no encoding to detect
+_loads = json.JSONDecoder().decode
 
 
 @dataclass
@@ -223,7 +225,7 @@ class StateStore:
             return None
         cmd = _Command(self.objects, self.revision + 1)
         try:
-            result = self._execute(json.loads(entry.data), cmd)
+            result = self._execute(_loads(entry.data.decode()), cmd)
         except WriteRejected as exc:
             cmd.rollback()
             return {"error": exc.slug, "detail": exc.detail}
