@@ -20,6 +20,7 @@ FORWARDED_HEADER = "X-Ipvsmgr-Forwarded"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REVISION_HEADER = "X-Ipvsmgr-Revision"
 PROBLEM_TYPE = "application/problem+json"
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode  # one encoder for every response
 
 
 def problem(status: int, title: str, detail: str, errors: list[FieldError] | None = None, **extra: Any) -> web.Response:
@@ -128,7 +129,7 @@ async def readable(request: web.Request) -> StateStore:
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, separators=(",", ":")))
+    return web.json_response(data, status=status, dumps=_compact_json)
 
 
 def bool_query(request: web.Request, name: str) -> bool:

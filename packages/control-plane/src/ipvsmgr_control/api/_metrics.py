@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
@@ -17,6 +17,13 @@ from ._http import Handler
 
 REGISTRY_KEY = web.AppKey("metrics_registry", CollectorRegistry)
 REQUESTS_KEY = web.AppKey("request_seconds", Histogram)
+
+
+class _Observers(dict[tuple[str, str, int], Callable[[float], None]]):
+    """The request histogram's labelled children by (method, route, status), looked up once each."""
+
+
+OBSERVERS_KEY = web.AppKey("request_observers", _Observers)
 
 
 class StateCollector(Collector):
@@ -105,6 +112,7 @@ def install(app: web.Application, store: StateStore, consensus: Consensus, nodes
         registry=registry,
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     )
+    app[OBSERVERS_KEY] = _Observers()
 
 
 @web.middleware
@@ -112,7 +120,11 @@ async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     response = await handler(request)
     if request.path != "/v1/watch":
-        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-        labels = (request.method, route, str(response.status))
-        request.app[REQUESTS_KEY].labels(*labels).observe(time.perf_counter() - started)
+        resource = request.match_info.route.resource
+        key = (request.method, resource.canonical if resource else "unmatched", response.status)
+        observers = request.app[OBSERVERS_KEY]
+        observe = observers.get(key)
+        if observe is None:  # the same label values as before, so the same series
+            observe = observers[key] = request.app[REQUESTS_KEY].labels(key[0], key[1], str(key[2])).observe
+        observe(time.perf_counter() - started)
     return response
