@@ -474,7 +474,7 @@ class RaftNode:
         async with self._fsm_lock:
             await self.fsm.restore_from(latest[1])
             self._fsm_applied = meta.index
-        self.snapshot_bytes = latest[1].stat().st_size
+        self.snapshot_bytes = (await asyncio.to_thread(latest[1].stat)).st_size
         self._wake_applied(meta.index)
         log.info("installed snapshot", name=self.name, index=meta.index, term=meta.term)
 
@@ -545,7 +545,7 @@ class RaftNode:
                 return
             meta = SnapshotMeta(index, term, core.config_at(index))
             stored = await self.snapshots.commit(path, meta)
-            self.snapshot_bytes = stored.stat().st_size
+            self.snapshot_bytes = (await asyncio.to_thread(stored.stat)).st_size
             core.compact(meta, self.options.snapshot_keep)
             self._flush()
             log.info("snapshot taken", name=self.name, index=index, bytes=self.snapshot_bytes)
@@ -574,7 +574,7 @@ class RaftNode:
         if latest is None:
             return False
         meta, path = latest
-        term, offset, size = core.term, 0, path.stat().st_size
+        term, offset, size = core.term, 0, (await asyncio.to_thread(path.stat)).st_size
         config = ClusterConfig(members=list(meta.members))
         log.info("sending snapshot", peer=peer, index=meta.index, bytes=size)
         while True:

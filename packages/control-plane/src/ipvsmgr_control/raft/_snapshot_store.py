@@ -89,6 +89,9 @@ class FileSnapshotStore:
                 stale.unlink(missing_ok=True)
 
     async def latest(self) -> tuple[SnapshotMeta, Path] | None:
+        return await asyncio.to_thread(self._latest)
+
+    def _latest(self) -> tuple[SnapshotMeta, Path] | None:
         for meta_path in sorted(self.directory.glob("snapshot-*.json"), reverse=True):
             db = meta_path.with_suffix(".db")
             if db.exists():
