@@ -20,7 +20,7 @@ FORWARDED_HEADER = "X-Ipvsmgr-Forwarded"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REVISION_HEADER = "X-Ipvsmgr-Revision"
 PROBLEM_TYPE = "application/problem+json"
-_compact_json = json.JSONEncoder(separators=(",", ":")).encode  # one encoder for every response
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode  # one encoder for every response and command
 
 
 def problem(status: int, title: str, detail: str, errors: list[FieldError] | None = None, **extra: Any) -> web.Response:
@@ -109,7 +109,7 @@ def if_match(request: web.Request) -> int | None:
 
 async def propose(request: web.Request, command: dict[str, Any]) -> dict[str, Any]:
     """Order a command through consensus; the state machine's refusal becomes the HTTP error."""
-    result: dict[str, Any] = await request.app[CONSENSUS].propose(json.dumps(command).encode())
+    result: dict[str, Any] = await request.app[CONSENSUS].propose(_compact_json(command).encode())
     if "error" in result:
         rejection = REJECTIONS.get(result["error"])
         if rejection is None:
