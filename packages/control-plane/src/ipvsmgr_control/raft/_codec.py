@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from ipvsmgr_proto.v1 import ClusterConfig
+from ipvsmgr_proto.v1 import ClusterConfig, Member
 
 from ._messages import (
     AppendEntriesRequest,
@@ -35,7 +35,7 @@ SPECS: dict[type[Any], Spec] = {
         (5, "pre_vote", BOOL),
         (6, "leadership_transfer", BOOL),
     ),
-    RequestVoteResponse: ((1, "term", UINT), (2, "vote_granted", BOOL), (3, "voter", STR)),
+    RequestVoteResponse: ((1, "term", UINT), (2, "vote_granted", BOOL), (3, "voter", STR), (4, "pre_vote", BOOL)),
     AppendEntriesRequest: (
         (1, "term", UINT),
         (2, "leader", STR),
@@ -180,6 +180,36 @@ def _read_field(buf: bytes, pos: int, end: int) -> tuple[int, int, Any, int]:
     return num, wire, None, pos + width
 
 
+MEMBER_FIELDS = {1: ("name", STR), 2: ("peer_address", STR), 3: ("voter", BOOL), 4: ("api_address", STR)}
+
+
+def _decode_member(buf: bytes, pos: int, end: int) -> Member:
+    member = Member()
+    while pos < end:
+        num, wire, value, pos = _read_field(buf, pos, end)
+        known = MEMBER_FIELDS.get(num)
+        if known is None:
+            continue
+        if WIRE[known[1]] != wire:
+            raise MalformedMessage(f"Member.{known[0]} has wire type {wire}")
+        _set(member, known[0], known[1], buf, value)
+    return member
+
+
+def decode_config(data: bytes) -> ClusterConfig:
+    """A cluster configuration, checked field by field (betterproto accepts wrong wire types silently)."""
+    config = ClusterConfig()
+    pos, end = 0, len(data)
+    while pos < end:
+        num, wire, value, pos = _read_field(data, pos, end)
+        if num != 1:
+            continue
+        if wire != 2:
+            raise MalformedMessage(f"ClusterConfig.members has wire type {wire}")
+        config.members.append(_decode_member(data, value[0], value[1]))
+    return config
+
+
 def _decode_entry(buf: bytes, pos: int, end: int) -> LogEntry:
     entry = LogEntry()
     while pos < end:
@@ -208,10 +238,7 @@ def _set(msg: Any, attr: str, kind: int, buf: bytes, value: Any) -> None:
     elif kind == ENTRIES:
         msg.entries.append(_decode_entry(buf, value[0], value[1]))
     elif kind == CONFIG:
-        try:
-            msg.config = ClusterConfig().parse(buf[value[0] : value[1]])
-        except Exception as exc:  # betterproto raises a variety of errors on garbage
-            raise MalformedMessage(f"bad cluster configuration: {exc}") from exc
+        msg.config = decode_config(buf[value[0] : value[1]])
 
 
 def parse(kind: type[Any], body: bytes) -> Any:

@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass, field
 from enum import Enum
 
+from ._codec import MalformedMessage, decode_config
 from ._consensus import MembershipError, NotLeader
 from ._memory_log import MemoryLog
 from ._messages import (
@@ -79,6 +80,16 @@ def members_of(config: ClusterConfig) -> dict[str, Member]:
 
 def encode_members(members: dict[str, Member]) -> bytes:
     return bytes(ClusterConfig(members=sorted(members.values(), key=lambda m: m.name)))
+
+
+def _configs_parse(entries: list[LogEntry]) -> bool:
+    try:
+        for entry in entries:
+            if entry.type == CONFIG:
+                decode_config(entry.data)
+    except MalformedMessage:
+        return False
+    return True
 
 
 class RaftCore:
@@ -209,7 +220,7 @@ class RaftCore:
         """The configuration in force at `index` (what a snapshot taken there must carry)."""
         for entry in reversed(self.log.slice(self.log.offset + 1, index)):
             if entry.type == CONFIG:
-                return tuple(ClusterConfig().parse(entry.data).members)
+                return tuple(decode_config(entry.data).members)
         return self.snapshot.members
 
     def set_applied(self, index: int) -> None:
@@ -347,7 +358,8 @@ class RaftCore:
         up_to_date = (msg.last_log_term, msg.last_log_index) >= (self.log.last_term, self.log.last_index)
         if msg.pre_vote:
             grant = up_to_date and msg.term > self.term
-            self._send(sender, RequestVoteResponse(term=msg.term if grant else self.term, vote_granted=grant))
+            reply = RequestVoteResponse(term=msg.term if grant else self.term, vote_granted=grant, pre_vote=True)
+            self._send(sender, reply)
             return
         grant = up_to_date and self.voted_for in ("", msg.candidate) and msg.term == self.term
         if grant:
@@ -356,6 +368,9 @@ class RaftCore:
         self._send(sender, RequestVoteResponse(term=self.term, vote_granted=grant))
 
     def _on_vote_response(self, sender: str, msg: RequestVoteResponse) -> None:
+        """Count answers to this round only: a late PreVote grant is never a vote (two leaders in one term)."""
+        if msg.pre_vote != (self.role is Role.PRE_CANDIDATE):
+            return
         expected = self.term + 1 if self.role is Role.PRE_CANDIDATE else self.term
         if self.role not in (Role.PRE_CANDIDATE, Role.CANDIDATE) or (msg.vote_granted and msg.term != expected):
             return
@@ -378,12 +393,12 @@ class RaftCore:
     def _newer_term(self, sender: str, msg: Message) -> bool:
         if isinstance(msg, RequestVoteRequest):
             if self._leader_is_fresh() and not msg.leadership_transfer:
-                self._send(sender, RequestVoteResponse(term=self.term, vote_granted=False))
+                self._send(sender, RequestVoteResponse(term=self.term, vote_granted=False, pre_vote=msg.pre_vote))
                 return False
             if msg.pre_vote:
                 return True
-        if isinstance(msg, RequestVoteResponse) and msg.vote_granted and self.role is Role.PRE_CANDIDATE:
-            return True
+        if isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.vote_granted:
+            return True  # a PreVote grant carries the proposed term; it must not move ours
         leader = sender if isinstance(msg, (AppendEntriesRequest, InstallSnapshotRequest)) else None
         self._become_follower(msg.term, leader)
         return True
@@ -392,8 +407,8 @@ class RaftCore:
         if isinstance(msg, (AppendEntriesRequest, InstallSnapshotRequest)):
             # tell a deposed leader about the newer term so it steps down
             self._send(sender, AppendEntriesResponse(term=self.term, success=False))
-        elif isinstance(msg, RequestVoteRequest) and msg.pre_vote:
-            self._send(sender, RequestVoteResponse(term=self.term, vote_granted=False))
+        elif isinstance(msg, RequestVoteRequest):
+            self._send(sender, RequestVoteResponse(term=self.term, vote_granted=False, pre_vote=msg.pre_vote))
 
     def _leader_is_fresh(self) -> bool:
         """Heard from a live leader within the minimum election timeout (CheckQuorum's lease)."""
@@ -556,6 +571,8 @@ class RaftCore:
             return
         last_new = prev + len(entries)
         new = self._new_suffix(entries)
+        if not _configs_parse(new):
+            return  # a leader sending garbage configurations is not followed
         if new:
             self._append_follower(new)
         self.commit = max(self.commit, min(msg.leader_commit, last_new))
@@ -650,7 +667,7 @@ class RaftCore:
         """The configuration in force is the latest one in the log, committed or not."""
         for entry in reversed(self.log.entries):
             if entry.type == CONFIG:
-                self.members = members_of(ClusterConfig().parse(entry.data))
+                self.members = members_of(decode_config(entry.data))
                 self.config_index = entry.index
                 break
         else:

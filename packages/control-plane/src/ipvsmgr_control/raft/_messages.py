@@ -38,6 +38,7 @@ class RequestVoteResponse:
     term: int = 0
     vote_granted: bool = False
     voter: str = ""
+    pre_vote: bool = False
 
 
 @dataclass(slots=True)

@@ -101,7 +101,7 @@ class SqliteStorage:
             db.executemany(
                 "INSERT INTO log VALUES (?, ?, ?, ?)", [(e.index, e.term, int(e.type), e.data) for e in w.entries]
             )
-        elif isinstance(w, CompactWrite):
+        elif isinstance(w, CompactWrite) and w.index > int(self._meta("offset", "0")):
             db.execute("DELETE FROM log WHERE idx <= ?", (w.index,))
             self._set(db, offset=w.index, offset_term=w.term)
         elif isinstance(w, ResetWrite):

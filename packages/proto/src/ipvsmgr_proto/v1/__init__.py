@@ -193,6 +193,7 @@ class RequestVoteResponse(betterproto.Message):
     term: int = betterproto.uint64_field(1)
     vote_granted: bool = betterproto.bool_field(2)
     voter: str = betterproto.string_field(3)
+    pre_vote: bool = betterproto.bool_field(4)
 
 
 @dataclass(eq=False, repr=False)
