@@ -24,11 +24,13 @@ import itertools
 import json
 import random
 import shutil
+import sqlite3
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +116,17 @@ class Active:
 class Nemesis:
     """Runs a planned schedule against a cluster for `seconds`, then recovers everything."""
 
-    def __init__(self, cluster: Cluster, seed: int, seconds: float, max_active: int = 2, echo: Echo = print) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        seed: int,
+        seconds: float,
+        max_active: int = 2,
+        echo: Echo = print,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.cluster = cluster
+        self.clock = clock  # the history's clock, printed next to each action so both can be lined up
         self.seed = seed
         self.seconds = seconds
         self.max_active = max_active
@@ -129,7 +140,8 @@ class Nemesis:
         self._t0 = 0.0
 
     def _say(self, text: str) -> None:
-        line = f"  [nemesis t={time.monotonic() - self._t0:6.2f}s] {text}"
+        history = f"history t={self.clock():6.2f}s, " if self.clock else ""
+        line = f"  [{history}nemesis +{time.monotonic() - self._t0:6.2f}s] {text}"
         self.actions.append(line)
         self.echo(line)
 
@@ -245,6 +257,8 @@ class RunResult:
     wall: float = 0.0
     check_seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds spent in each phase
+    duplicates: list[str] = field(default_factory=list)  # diagnostic: one write proposed (and applied) twice
+    clock_zero: str = ""  # UTC wall time of the history clock's t=0, to line operations up with server logs
     saved: Path | None = None
 
     @property
@@ -271,7 +285,7 @@ class RunResult:
             f"  responses: {dict(s.statuses.most_common())}",
             f"  linearizable: {_yes_no(self.linearizable)} (checked in {self.check_seconds:.2f}s); "
             f"lost acknowledged writes: {len(self.lost)}; final values: {self.final}",
-            f"  phases (s): {self.phases}",
+            f"  phases (s): {self.phases}; history t=0 is {self.clock_zero} UTC",
         ]
         if self.check is not None and not self.check.ok:
             lines += ["  VIOLATION:", *(f"    {line}" for line in str(self.check).splitlines())]
@@ -279,6 +293,7 @@ class RunResult:
         if len(self.lost) > 10:
             lines.append(f"  ... and {len(self.lost) - 10} more lost acknowledged writes")
         lines += [f"  harness error: {e}" for e in self.harness_errors]
+        lines += [f"  DUPLICATED WRITE in the Raft log (one request applied twice): {d}" for d in self.duplicates[:10]]
         lines += [f"  CRASH: {name} exited by itself with status {status}" for name, status in self.crashes.items()]
         for name, found in self.log_problems.items():
             lines += [f"  log problems in {name}: " + found.replace("\n", "\n    | ")]
@@ -300,8 +315,10 @@ class RunResult:
             "reads_unknown": s.reads_unknown, "unknown": self.unknown, "linearizable": self.linearizable,
             "lost_writes": [str(op) for op, _ in self.lost], "explanation": str(self.check) if self.check else None,
             "harness_errors": self.harness_errors, "forced_kills": self.forced_kills, "crashes": self.crashes,
+            "duplicated_commands": self.duplicates,
             "log_problems": self.log_problems, "error": self.error,
             "wall_seconds": round(self.wall, 2), "check_seconds": round(self.check_seconds, 3), "phases": self.phases,
+            "clock_zero_utc": self.clock_zero,
             "saved": str(self.saved) if self.saved else None, "steps": self.steps, "actions": self.actions,
         }  # fmt: skip
 
@@ -326,13 +343,14 @@ def run_schedule(
     under save_root/raft-violation-<seed>/; on any other failure under save_root/raft-error-<seed>/.
     """
     started = time.monotonic()
-    nemesis = Nemesis(cluster, seed, seconds, echo=echo)
+    workload = Workload(cluster, seed, clients=clients, keys=keys)
+    nemesis = Nemesis(cluster, seed, seconds, echo=echo, clock=workload.now)
     result = RunResult(seed, cluster.size, cluster.network, seconds, steps=[str(s) for s in nemesis.steps])
+    result.clock_zero = datetime.fromtimestamp(workload.t0_wall, UTC).isoformat(timespec="milliseconds")
     echo(f"== schedule seed={seed} servers={cluster.size} network={cluster.network} seconds={seconds:g} "
-         f"(replay: --seed {seed}); planned steps:")  # fmt: skip
+         f"(replay: --seed {seed}); history t=0 is {result.clock_zero} UTC; planned steps:")  # fmt: skip
     for step in result.steps:
         echo(f"  {step}")
-    workload = Workload(cluster, seed, clients=clients, keys=keys)
     history: list[Operation] = []
     last = [time.monotonic()]
 
@@ -382,25 +400,28 @@ def run_schedule(
             result.error = result.error or f"stopping the cluster: {type(exc).__name__}: {exc}"
         phase("stop")
         result.forced_kills = list(cluster.forced_kills)
+        result.duplicates = duplicated_commands(m.data_dir for m in cluster.members.values())
         result.crashes, result.log_problems = nemesis.crashes, cluster.log_problems()
         result.wall = time.monotonic() - started
         if not result.ok:
             kind = "violation" if result.violation else "error"
             result.saved = save_artefacts(save_root / f"raft-{kind}-{seed}", result, workload, cluster)
             cluster.print_log_tails(f"seed {seed} failed")
-        elif result.log_problems:  # not a failure, but worth a look
-            result.saved = save_root / f"raft-logs-{seed}"
-            shutil.rmtree(result.saved, ignore_errors=True)
+        elif result.log_problems or result.duplicates:  # not a failure, but worth a look
+            result.saved = _fresh(save_root / f"raft-logs-{seed}")
             cluster.save_logs(result.saved)
+            if result.duplicates:
+                (result.saved / "duplicated-commands.txt").write_text("\n".join(result.duplicates) + "\n")
     echo(result.report())
     return result
 
 
 def save_artefacts(dest: Path, result: RunResult, workload: Workload, cluster: Cluster) -> Path:
-    """The history (JSON), the report, the schedule, every member's log and data dir (the cluster is stopped)."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
+    """The history (JSON), the report, the schedule, every member's log and data dir (the cluster is stopped).
+
+    An earlier run's directory is never overwritten: a replay of the same seed goes to <dest>-2, <dest>-3, ...
+    """
+    dest = _fresh(dest)
     workload.save(dest / "history.json")
     (dest / "result.json").write_text(json.dumps(result.to_json(), indent=1))
     (dest / "report.txt").write_text(
@@ -410,4 +431,47 @@ def save_artefacts(dest: Path, result: RunResult, workload: Workload, cluster: C
     for member in cluster.members.values():
         if member.data_dir.exists():
             shutil.copytree(member.data_dir, dest / "data" / member.name)
+    if result.duplicates:
+        (dest / "duplicated-commands.txt").write_text("\n".join(result.duplicates) + "\n")
     return dest
+
+
+def _fresh(dest: Path) -> Path:
+    for n in range(1, 1000):
+        candidate = dest if n == 1 else dest.with_name(f"{dest.name}-{n}")
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{dest}: too many earlier runs saved")
+
+
+def duplicated_commands(data_dirs: Iterable[Path]) -> list[str]:
+    """Diagnostic, best effort: puts that appear at two indexes of a member's Raft log (the engine's SQLite table
+    `log(idx, term, type, data)`). Every client write has a unique value, so such a put is one request proposed twice
+    (e.g. a forwarded proposal retried after it had been appended): applied twice, even where no read could tell."""
+    found: dict[tuple[str, object], tuple[str, list[str]]] = {}
+    for data_dir in data_dirs:
+        db_path = data_dir / "raft-log.db"
+        try:
+            db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+            try:
+                rows = db.execute("SELECT idx, term, data FROM log ORDER BY idx").fetchall()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            continue
+        where: dict[tuple[str, object], list[str]] = {}
+        for idx, term, blob in rows:
+            try:
+                command = json.loads(blob)
+                key = (str(command["key"]), command["object"]["port"]) if command.get("op") == "put" else None
+            except (TypeError, ValueError, KeyError, AttributeError):
+                continue
+            if key is not None:
+                where.setdefault(key, []).append(f"index {idx} (term {term})")
+        for key, at in where.items():
+            if len(at) > 1 and key not in found:
+                found[key] = (data_dir.name.removesuffix("-data"), at)
+    return [f"put {k} port {p} at {', '.join(at)} (in {member}'s log)" for (k, p), (member, at) in found.items()]

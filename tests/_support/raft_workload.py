@@ -115,6 +115,7 @@ class Workload:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.t0 = time.monotonic()  # operations are timed in seconds since the workload was made, on this clock
+        self.t0_wall = time.time()  # the same moment on the wall clock (server logs are in UTC wall time)
 
     def now(self) -> float:
         return time.monotonic() - self.t0

@@ -10,6 +10,9 @@ cluster in a fresh temporary directory, the nemesis for --seconds while clients 
 then a heal, a final read of every key, the linearizability check and the lost-write check. A violation saves the
 history, logs and data dirs under /tmp/raft-violation-<seed>/.
 
+Column dup (a diagnostic read from the members' Raft logs after each run): client writes found at two log indexes,
+i.e. one request proposed and applied twice; reported, but only the checks above decide the exit status.
+
 Exit status: 0 all clean, 1 a linearizability violation or a lost acknowledged write, 2 other failures only (no
 leader after healing, harness errors).
 """
@@ -30,8 +33,8 @@ from _support.raft_cluster import Cluster, NetnsCluster, netns_unavailable
 from _support.raft_nemesis import RunResult, run_schedule
 
 COLUMNS = ("#", "seed", "servers", "network", "kill", "pause", "part", "ops", "acked", "unknown", "linear.", "lost",
-           "wall s", "result")  # fmt: skip
-WIDTHS = (3, 11, 7, 7, 4, 5, 4, 6, 6, 7, 7, 4, 6, 6)
+           "dup", "wall s", "result")  # fmt: skip
+WIDTHS = (3, 11, 7, 7, 4, 5, 4, 6, 6, 7, 7, 4, 3, 6, 6)
 
 
 def row(cells: tuple[object, ...]) -> str:
@@ -43,7 +46,7 @@ def cells(index: int, r: RunResult) -> tuple[object, ...]:
     linear = "n/a" if r.linearizable is None else ("yes" if r.linearizable else "NO")
     f = r.faults
     return (index, r.seed, r.servers, r.network, f["kill"], f["pause"], f["partition"], r.ops, r.stats.writes_ok,
-            r.unknown, linear, len(r.lost), f"{r.wall:.0f}", verdict)  # fmt: skip
+            r.unknown, linear, len(r.lost), len(r.duplicates), f"{r.wall:.0f}", verdict)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     faults = sum(sum(r.faults.values()) for r in results)
     print(f"faults injected {faults}, ops recorded {total_ops}, acknowledged writes {acked}, "
           f"unknown outcomes {sum(r.unknown for r in results)}")  # fmt: skip
+    dups = sum(len(r.duplicates) for r in results)
+    print(f"writes found twice in the Raft log (diagnostic, column dup): {dups}")
     print(
         f"linearizable: {sum(r.linearizable is True for r in results)}/{len(results)}; "
         f"lost acknowledged writes: {sum(len(r.lost) for r in results)}; "
         f"violations: {[r.seed for r in violations] or 'none'}; other failures: {[r.seed for r in failures] or 'none'}"
     )
-    for r in violations + failures:
+    for r in violations + failures + [r for r in results if r.ok and r.duplicates]:
         print(f"\n{r.report()}")
     if args.json:
         write_json(args.json, base, args, results, wall)
