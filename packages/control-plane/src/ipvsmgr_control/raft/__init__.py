@@ -12,7 +12,7 @@ from ._snapshot_store import FileSnapshotStore, SnapshotStore
 from ._sqlite_storage import SqliteStorage, open_durable
 from ._state_machine import StateMachine
 from ._storage import HardState, MemoryStorage, Storage
-from ._transport import MemoryNetwork, MemoryTransport, PeerUnavailable, Receiver, Transport
+from ._transport import MemoryNetwork, MemoryTransport, OutcomeUnknown, PeerUnavailable, Receiver, Transport
 
 __all__ = [
     "PROFILES",
@@ -32,6 +32,7 @@ __all__ = [
     "Message",
     "NoQuorum",
     "NotLeader",
+    "OutcomeUnknown",
     "PeerUnavailable",
     "RaftCore",
     "RaftNode",

@@ -20,7 +20,7 @@ from aiohttp import web
 from . import _codec
 from ._consensus import NoQuorum, NotLeader
 from ._messages import InstallSnapshotRequest, InstallSnapshotResponse, Message
-from ._transport import PeerUnavailable, Receiver
+from ._transport import OutcomeUnknown, PeerUnavailable, Receiver
 
 log = structlog.get_logger(__name__)
 SENDER = "X-Raft-Sender"
@@ -192,13 +192,15 @@ class HttpTransport:
             async with self.session().post(f"http://{address}{path}", data=body, headers={SENDER: self.name},
                                            timeout=client_timeout) as resp:  # fmt: skip
                 payload = await resp.read()
-                if resp.status == 421:
-                    raise NotLeader(resp.headers.get("X-Raft-Leader") or None)
-                if resp.status != 200:
-                    raise PeerUnavailable(f"{to}: HTTP {resp.status}: {payload[:200]!r}")
-                return payload
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerUnavailable(f"{to}: {exc or type(exc).__name__}") from exc
+        except aiohttp.ClientConnectorError as exc:  # never connected: nothing was sent
+            raise PeerUnavailable(f"{to}: {exc}") from exc
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:  # sent, but no answer
+            raise OutcomeUnknown(f"{to}: {exc or type(exc).__name__}") from exc
+        if resp.status == 421:  # refused before acting on it
+            raise NotLeader(resp.headers.get("X-Raft-Leader") or None)
+        if resp.status != 200:
+            raise OutcomeUnknown(f"{to}: HTTP {resp.status}: {payload[:200]!r}")
+        return payload
 
     # -- server side ----------------------------------------------------------------------
 

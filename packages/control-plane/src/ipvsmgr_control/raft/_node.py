@@ -26,7 +26,7 @@ from ._options import TICK_MS, RaftOptions
 from ._snapshot_store import SnapshotStore
 from ._state_machine import StateMachine
 from ._storage import AppendWrite, ResetWrite, Storage, StoredLog, Write
-from ._transport import PeerUnavailable, Transport
+from ._transport import OutcomeUnknown, PeerUnavailable, Transport
 
 log = structlog.get_logger(__name__)
 APPLY_BATCH = 4096
@@ -141,6 +141,7 @@ class RaftNode:
     # -- the Consensus interface ---------------------------------------------------
 
     async def propose(self, command: bytes) -> Any:
+        """Retried only where the write certainly did not happen: a retry must never apply it twice."""
         for _ in range(5):
             leader = await self._leader()
             try:
@@ -149,6 +150,10 @@ class RaftNode:
                 return json.loads(await self.transport.forward_proposal(leader, command))
             except (NotLeader, PeerUnavailable):
                 await asyncio.sleep(self.options.heartbeat_ms / 1000)
+            except OutcomeUnknown as exc:
+                raise NoQuorum(
+                    f"the leader did not answer; the write may or may not have been applied ({exc})"
+                ) from exc
         raise NoQuorum("no leader accepted the write; retry later")
 
     async def read_barrier(self) -> None:
@@ -158,7 +163,7 @@ class RaftNode:
                 index = await self._read_index_local()
             else:
                 index = await self.transport.read_index(leader)
-        except (NotLeader, PeerUnavailable) as exc:
+        except (NotLeader, PeerUnavailable, OutcomeUnknown) as exc:
             raise NoQuorum(f"cannot confirm a read point now: {exc}") from exc
         await self._wait_applied(index)
 
@@ -293,7 +298,8 @@ class RaftNode:
         if self.core is None or self.failed:
             return
         for msg in messages:
-            self.core.step(sender, msg)
+            if not isinstance(msg, InstallSnapshotRequest):  # snapshots come only through receive_snapshot_chunk
+                self.core.step(sender, msg)
         self._flush()
 
     def unreachable(self, peer: str) -> None:
@@ -531,7 +537,13 @@ class RaftNode:
             return
         self._snapshotting = True
         task = asyncio.create_task(self._take_snapshot(), name=f"raft-snapshot-{self.name}")
-        task.add_done_callback(lambda _: setattr(self, "_snapshotting", False))
+        task.add_done_callback(self._snapshot_done)
+
+    def _snapshot_done(self, _: asyncio.Task[None]) -> None:
+        """The threshold may have been crossed again while this snapshot was taken."""
+        self._snapshotting = False
+        if self.core is not None and self.failed is None:
+            self._maybe_snapshot(self.core)
 
     async def _take_snapshot(self) -> None:
         path = self.snapshots.new_path()
@@ -563,7 +575,7 @@ class RaftNode:
         ok = False
         try:
             ok = await self._stream_snapshot(core, peer)
-        except (PeerUnavailable, OSError) as exc:
+        except (PeerUnavailable, OutcomeUnknown, OSError) as exc:
             log.warning("snapshot transfer failed", peer=peer, error=str(exc))
         finally:
             core.snapshot_sent(peer, ok)

@@ -13,7 +13,11 @@ from ._messages import InstallSnapshotRequest, InstallSnapshotResponse, Message
 
 
 class PeerUnavailable(Exception):
-    """The peer could not be reached or did not answer."""
+    """The request never reached the peer (no connection): safe to retry elsewhere."""
+
+
+class OutcomeUnknown(Exception):
+    """The request reached the peer but no answer came back: it may or may not have taken effect."""
 
 
 class Receiver(Protocol):
