@@ -257,7 +257,7 @@ class RunResult:
     wall: float = 0.0
     check_seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds spent in each phase
-    duplicates: list[str] = field(default_factory=list)  # diagnostic: one write proposed (and applied) twice
+    duplicates: list[str] = field(default_factory=list)  # one write proposed (and applied) twice: a failure
     clock_zero: str = ""  # UTC wall time of the history clock's t=0, to line operations up with server logs
     saved: Path | None = None
 
@@ -267,11 +267,12 @@ class RunResult:
 
     @property
     def violation(self) -> bool:
-        return self.linearizable is False or bool(self.lost)
+        """Every client write carries a unique value, so a command found twice in the log was applied twice."""
+        return self.linearizable is False or bool(self.lost) or bool(self.duplicates)
 
     @property
     def ok(self) -> bool:
-        clean = not self.lost and not self.harness_errors and not self.crashes
+        clean = not self.lost and not self.duplicates and not self.harness_errors and not self.crashes
         return self.error is None and self.linearizable is True and clean
 
     def report(self) -> str:
@@ -407,11 +408,9 @@ def run_schedule(
             kind = "violation" if result.violation else "error"
             result.saved = save_artefacts(save_root / f"raft-{kind}-{seed}", result, workload, cluster)
             cluster.print_log_tails(f"seed {seed} failed")
-        elif result.log_problems or result.duplicates:  # not a failure, but worth a look
+        elif result.log_problems:  # not a failure, but worth a look
             result.saved = _fresh(save_root / f"raft-logs-{seed}")
             cluster.save_logs(result.saved)
-            if result.duplicates:
-                (result.saved / "duplicated-commands.txt").write_text("\n".join(result.duplicates) + "\n")
     echo(result.report())
     return result
 

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"faults injected {faults}, ops recorded {total_ops}, acknowledged writes {acked}, "
           f"unknown outcomes {sum(r.unknown for r in results)}")  # fmt: skip
     dups = sum(len(r.duplicates) for r in results)
-    print(f"writes found twice in the Raft log (diagnostic, column dup): {dups}")
+    print(f"writes found twice in the Raft log (each a violation, column dup): {dups}")
     print(
         f"linearizable: {sum(r.linearizable is True for r in results)}/{len(results)}; "
         f"lost acknowledged writes: {sum(len(r.lost) for r in results)}; "
