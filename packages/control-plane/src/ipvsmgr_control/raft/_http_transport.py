@@ -230,7 +230,10 @@ class HttpTransport:
         sender = self._sender(request)
         self._learn(sender, request.headers.get(SENDER_ADDRESS, ""))
         ws = web.WebSocketResponse(max_msg_size=_codec.MAX_MESSAGE)
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except ConnectionError:  # the peer went away mid-handshake
+            return ws
         self._inbound.add(ws)
         try:
             await self._read_stream(sender, ws)
