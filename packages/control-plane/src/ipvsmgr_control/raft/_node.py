@@ -300,7 +300,7 @@ class RaftNode:
         for msg in messages:
             if not isinstance(msg, InstallSnapshotRequest):  # snapshots come only through receive_snapshot_chunk
                 self.core.step(sender, msg)
-        self._flush()
+        self._do_flush()  # a frame already batches its messages: act on them now, not one loop turn later
 
     def unreachable(self, peer: str) -> None:
         if self.core is not None:
@@ -453,7 +453,7 @@ class RaftNode:
                 self._fail(f"raft storage failed: {exc!r}")
                 return
             self._release_outbox()
-            self._flush()
+            self._do_flush()
 
     async def _persist(self, items: list[tuple[str, Any]]) -> None:
         writes: list[Write] = []
