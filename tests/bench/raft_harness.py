@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 HOST = "127.0.0.1"
-START_TIMEOUT = 30.0  # a node imports its engine and binds its port well within this, even on a loaded machine
+START_TIMEOUT = 120.0  # the first start in a fresh venv compiles every module (uv installs no bytecode)
 REQUEST_TIMEOUT = 10.0  # status and other quick requests
 LEADER_TIMEOUT = 30.0  # first election (several election timeouts, plus process start-up)
 DRAIN_TIMEOUT = 15.0  # after a load point, for the proposals still in flight to finish
