@@ -112,6 +112,22 @@ def server(tmp: Path, name: str = "n1", data_dir: Path | None = None, api_port: 
     return Server(cmd, tmp / f"{name}.log", api=api, grpc=grpc, data_dir=data)
 
 
+def raft_member(tmp: Path, name: str, peer: str, *extra: str, profile: str = "fast") -> Server:
+    """One `ipvsmgr-server` of a multi-member cluster (not started) on free loopback ports, Raft port `peer`."""
+    api, data = f"127.0.0.1:{free_port()}", tmp / f"{name}-data"
+    cmd = [str(BIN / "ipvsmgr-server"), "--name", name, "--data-dir", str(data), "--listen-api", api]
+    cmd += ["--listen-peer", peer, "--listen-grpc", f"127.0.0.1:{free_port()}", "--raft-profile", profile]
+    cmd += ["--log-format", "json", *extra]
+    return Server(cmd, tmp / f"{name}.log", api=api, data_dir=data)
+
+
+def raft_members(tmp: Path, count: int, profile: str = "fast") -> list[Server]:
+    """Members n0..n{count-1} bootstrapped together with --initial-cluster (not started)."""
+    peers = [f"127.0.0.1:{free_port()}" for _ in range(count)]
+    initial = ",".join(f"n{i}={p}" for i, p in enumerate(peers))
+    return [raft_member(tmp, f"n{i}", p, "--initial-cluster", initial, profile=profile) for i, p in enumerate(peers)]
+
+
 # Under the VM's software emulation a Python process takes tens of seconds just to import.
 START_TIMEOUT = 180.0 if os.environ.get("IPVSMGR_IN_VM") else 30.0
 

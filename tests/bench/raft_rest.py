@@ -22,19 +22,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _support.processes import BIN, Server, free_port, wait_until
+from _support.processes import Server, raft_members, wait_until
 
 
 def start_cluster(tmp: Path, profile: str) -> list[Server]:
-    peers = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    initial = ",".join(f"n{i}={p}" for i, p in enumerate(peers))
-    servers = []
-    for i, peer in enumerate(peers):
-        api, data = f"127.0.0.1:{free_port()}", tmp / f"n{i}"
-        cmd = [str(BIN / "ipvsmgr-server"), "--name", f"n{i}", "--data-dir", str(data), "--listen-api", api]
-        cmd += ["--listen-peer", peer, "--listen-grpc", f"127.0.0.1:{free_port()}", "--initial-cluster", initial]
-        cmd += ["--raft-profile", profile, "--log-format", "json"]
-        servers.append(Server(cmd, tmp / f"n{i}.log", api=api, data_dir=data).start())
+    servers = [srv.start() for srv in raft_members(tmp, 3, profile)]
     for srv in servers:
         wait_until(srv.ready, 60, f"{srv.api} ready")
     return servers

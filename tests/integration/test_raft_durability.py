@@ -11,20 +11,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from _support.processes import BIN, Server, free_port, wait_until
-
-
-def members(tmp: Path, count: int) -> list[Server]:
-    peers = [f"127.0.0.1:{free_port()}" for _ in range(count)]
-    cluster = ",".join(f"n{i}={p}" for i, p in enumerate(peers))
-    out = []
-    for i, peer in enumerate(peers):
-        api, data = f"127.0.0.1:{free_port()}", tmp / f"n{i}-data"
-        cmd = [str(BIN / "ipvsmgr-server"), "--name", f"n{i}", "--data-dir", str(data), "--listen-api", api]
-        cmd += ["--listen-peer", peer, "--listen-grpc", f"127.0.0.1:{free_port()}", "--initial-cluster", cluster]
-        cmd += ["--raft-profile", "fast", "--log-format", "json"]
-        out.append(Server(cmd, tmp / f"n{i}.log", api=api, data_dir=data))
-    return out
+from _support.processes import Server, raft_members, wait_until
 
 
 def leader_of(servers: list[Server]) -> str | None:
@@ -79,7 +66,7 @@ def integrity(path: Path) -> str:
 
 
 def test_kill_all_servers_during_a_write_burst_loses_no_acknowledged_write(tmp_path: Path) -> None:
-    servers = members(tmp_path, 3)
+    servers = raft_members(tmp_path, 3)
     try:
         for srv in servers:
             srv.start()

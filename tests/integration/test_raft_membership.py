@@ -9,15 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from _support.processes import BIN, Server, free_port, wait_until
-
-
-def member(tmp: Path, name: str, peer: str, *extra: str) -> Server:
-    api, data = f"127.0.0.1:{free_port()}", tmp / f"{name}-data"
-    cmd = [str(BIN / "ipvsmgr-server"), "--name", name, "--data-dir", str(data), "--listen-api", api]
-    cmd += ["--listen-peer", peer, "--listen-grpc", f"127.0.0.1:{free_port()}", "--raft-profile", "fast"]
-    cmd += ["--log-format", "json", *extra]
-    return Server(cmd, tmp / f"{name}.log", api=api, data_dir=data)
+from _support.processes import BIN, Server, free_port, raft_member, wait_until
 
 
 def cli(servers: list[Server], *args: str) -> Any:
@@ -61,8 +53,8 @@ class Writer(threading.Thread):
 def test_add_promote_remove_the_leader_and_transfer_while_writing(tmp_path: Path) -> None:
     peers = {f"n{i}": f"127.0.0.1:{free_port()}" for i in range(1, 5)}
     initial = ",".join(f"{n}={peers[n]}" for n in ("n1", "n2", "n3"))
-    servers = [member(tmp_path, n, peers[n], "--initial-cluster", initial) for n in ("n1", "n2", "n3")]
-    joiner = member(tmp_path, "n4", peers["n4"], "--initial-cluster-state", "existing")
+    servers = [raft_member(tmp_path, n, peers[n], "--initial-cluster", initial) for n in ("n1", "n2", "n3")]
+    joiner = raft_member(tmp_path, "n4", peers["n4"], "--initial-cluster-state", "existing")
     everyone = [*servers, joiner]
     writer = Writer(servers)
     try:

@@ -23,6 +23,8 @@ from aiohttp import web
 from ipvsmgr_control.cli import main
 from ipvsmgr_control.state import schema
 
+from _support.cli_run import cli
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 KEYS = {"services": "name", "vips": "address", "vip-groups": "name"}
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -291,21 +293,6 @@ def closed_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-async def cli(capsys: pytest.CaptureFixture[str], endpoints: str, *args: str) -> Run:
-    """Run main() in a thread (it blocks) against `endpoints`; capture what it printed."""
-    capsys.readouterr()
-    code = await asyncio.to_thread(main, ["--endpoints", endpoints, "--timeout", "5", *args])
-    captured = capsys.readouterr()
-    return Run(code, captured.out, captured.err)
 
 
 def seed_service(fake: FakeApi, name: str = "web", **fields: Any) -> dict[str, Any]:

@@ -6,7 +6,6 @@ and each test checks the requests the CLI sent as well as what it printed and re
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from aiohttp import web
 
 from ipvsmgr_control.cli import main
 from ipvsmgr_control.cli._commands_cluster import size_text
+
+from _support.cli_run import cli
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -168,21 +169,6 @@ async def serve() -> AsyncIterator[Callable[[FakeCluster], Awaitable[str]]]:
 async def api(serve: Callable[[FakeCluster], Awaitable[str]]) -> tuple[FakeCluster, str]:
     fake = FakeCluster()
     return fake, await serve(fake)
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-async def cli(capsys: pytest.CaptureFixture[str], endpoints: str, *args: str) -> Run:
-    """Run main() in a thread (it blocks) against `endpoints`; capture what it printed."""
-    capsys.readouterr()
-    code = await asyncio.to_thread(main, ["--endpoints", endpoints, "--timeout", "5", *args])
-    captured = capsys.readouterr()
-    return Run(code, captured.out, captured.err)
 
 
 def rows(text: str) -> list[list[str]]:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from grpclib.testing import ChannelFor
 
@@ -22,6 +21,7 @@ from ipvsmgr_control.state import StateStore, schema
 from ipvsmgr_proto import v1
 
 from _support.control_plane import Plane
+from _support.sse import next_event
 
 Open = Callable[..., Awaitable[StateStore]]
 
@@ -56,20 +56,6 @@ async def full(store: StateStore) -> dict[str, Any]:
 
 def history(batches: list[Any] | None) -> list[tuple[int, list[Any]]] | None:
     return None if batches is None else [(b.revision, b.changes) for b in batches]
-
-
-async def next_event(resp: ClientResponse) -> tuple[str, dict[str, Any]]:
-    """One SSE event (keep-alive comments skipped)."""
-    event, data = "", ""
-    async with asyncio.timeout(10):
-        while True:
-            line = (await resp.content.readline()).decode().rstrip("\n")
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data = line[6:]
-            elif line == "" and event:
-                return event, json.loads(data)
 
 
 @pytest.fixture

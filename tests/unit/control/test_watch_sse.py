@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any
 
-from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
+from _support.sse import next_event
+
 Client = TestClient  # type: ignore[type-arg]
-
-
-async def next_event(resp: ClientResponse) -> tuple[str, dict[str, Any]]:
-    """Read one SSE event (skipping keep-alive comments)."""
-    event, data = "", ""
-    async with asyncio.timeout(10):
-        while True:
-            line = (await resp.content.readline()).decode().rstrip("\n")
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data = line[6:]
-            elif line == "" and event:
-                return event, json.loads(data)
 
 
 async def create(client: Client, name: str, port: int) -> None:
