@@ -124,10 +124,14 @@ class WatchRequest(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class BackendHealth(betterproto.Message):
+    """Health of one backend of one service as this node's checks see it."""
+
     service: str = betterproto.string_field(1)
     backend: str = betterproto.string_field(2)
     healthy: bool = betterproto.bool_field(3)
     reason: str = betterproto.string_field(4)
+    since: float = betterproto.double_field(5)
+    latency: float = betterproto.double_field(6)
 
 
 @dataclass(eq=False, repr=False)
@@ -137,6 +141,11 @@ class ReportRequest(betterproto.Message):
     errors: List[str] = betterproto.string_field(3)
     health: List["BackendHealth"] = betterproto.message_field(4)
     dataplane: str = betterproto.string_field(5)
+    health_complete: bool = betterproto.bool_field(6)
+    """
+    True when `health` is this node's whole health picture (sent after each (re)connect);
+     false when it lists only the transitions since the previous report.
+    """
 
 
 @dataclass(eq=False, repr=False)
