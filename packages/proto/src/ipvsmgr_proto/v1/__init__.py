@@ -84,6 +84,7 @@ class Vip(betterproto.Message):
     mode: str = betterproto.string_field(3)
     epoch: int = betterproto.uint64_field(4)
     holder: str = betterproto.string_field(5)
+    lease_ttl: float = betterproto.double_field(6)
 
 
 @dataclass(eq=False, repr=False)
@@ -146,6 +147,20 @@ class ReportRequest(betterproto.Message):
     True when `health` is this node's whole health picture (sent after each (re)connect);
      false when it lists only the transitions since the previous report.
     """
+
+    vips: List["VipHolding"] = betterproto.message_field(7)
+    """
+    The floating VIPs this node holds or has just given up, with the epoch of the assignment.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class VipHolding(betterproto.Message):
+    address: str = betterproto.string_field(1)
+    epoch: int = betterproto.uint64_field(2)
+    held: bool = betterproto.bool_field(3)
+    reason: str = betterproto.string_field(4)
+    since: float = betterproto.double_field(5)
 
 
 @dataclass(eq=False, repr=False)
