@@ -179,6 +179,7 @@ class KeepAliveResponse(betterproto.Message):
     seq: int = betterproto.uint64_field(1)
     server: str = betterproto.string_field(2)
     ttl: float = betterproto.double_field(3)
+    voters: int = betterproto.uint32_field(4)
 
 
 @dataclass(eq=False, repr=False)
