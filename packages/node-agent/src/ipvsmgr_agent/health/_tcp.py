@@ -1,0 +1,34 @@
+"""TCP check: the backend passes when a connection completes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from ._probe import Done, ProbeContext, SocketProbe, Starter, error_reason, target
+from ._spec import CheckSpec
+
+
+class TcpProbe(SocketProbe):
+    __slots__ = ()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, family: int, address: tuple[str, int], done: Done) -> None:
+        super().__init__(loop, family, socket.SOCK_STREAM, done)
+        self._connect(address)
+
+    def _on_writable(self) -> None:
+        code = self._socket_error()
+        if code:
+            self._finish(False, error_reason(code))
+        else:
+            self._finish(True, "connected")
+
+
+def prepare_tcp(spec: CheckSpec, context: ProbeContext) -> Starter:
+    family, address = target(spec.address, spec.port)
+    loop = context.loop
+
+    def start(done: Done) -> TcpProbe:
+        return TcpProbe(loop, family, address, done)
+
+    return start

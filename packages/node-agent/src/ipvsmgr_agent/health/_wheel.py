@@ -1,0 +1,81 @@
+"""Many timers on one loop timer, bucketed by millisecond.
+
+A loop.call_at per probe means pushing and popping TimerHandles whose comparisons run in Python;
+at 10,000 checks a second (two timers each: start and deadline) that alone costs a tenth of a core.
+Here a timer is a list append, and the loop holds one handle for the earliest busy slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+from typing import Protocol
+
+import structlog
+
+RESOLUTION = 0.001  # seconds; a timer fires up to this much late, never early
+_log = structlog.get_logger("ipvsmgr_agent.health")
+
+
+class Timed(Protocol):
+    due: int  # the slot the item is waiting for; any older entry of the item is stale and skipped
+
+    def fire(self) -> None: ...
+
+
+class TimerWheel:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._slots: dict[int, list[Timed]] = {}
+        self._order: list[int] = []  # heap of the busy slots; plain ints compare in C
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed = -1
+        self._floor = -1  # while firing: the first slot not being fired, so an item cannot loop in one pass
+
+    def schedule(self, item: Timed, when: float) -> None:
+        slot = max(math.ceil(when / RESOLUTION), self._floor)
+        item.due = slot
+        bucket = self._slots.get(slot)
+        if bucket is not None:
+            bucket.append(item)
+            return
+        self._slots[slot] = [item]
+        heapq.heappush(self._order, slot)
+        if self._floor < 0 and (self._handle is None or slot < self._armed):
+            self._arm(slot)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._slots.clear()
+        self._order.clear()
+
+    def _arm(self, slot: int) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed = slot
+        self._handle = self._loop.call_at(slot * RESOLUTION, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        limit = max(self._armed, math.floor(self._loop.time() / RESOLUTION))
+        self._floor = limit + 1
+        try:
+            while self._order and self._order[0] <= limit:
+                slot = heapq.heappop(self._order)
+                for item in self._slots.pop(slot):
+                    if item.due == slot:
+                        self._fire_one(item)
+        finally:
+            self._floor = -1
+            if self._order:
+                self._arm(self._order[0])
+
+    @staticmethod
+    def _fire_one(item: Timed) -> None:
+        try:
+            item.fire()
+        except Exception:  # one broken check must not stop every other check's timer
+            _log.exception("health check timer failed", item=repr(item))
