@@ -63,7 +63,8 @@ async def run(config: _config.ServerConfig, argv: list[str] | None = None) -> No
     peer_runner = await _serve_http(_peer_app(consensus.transport, config.debug_fault_injection), config.listen_peer)
     await consensus.start()
     registry = NodeRegistry()
-    grpc = Server([AgentApi(store, consensus, registry)])
+    agents = AgentApi(store, consensus, registry)
+    grpc = Server([agents])
     grpc_host, grpc_port = _config.split_host_port(config.listen_grpc)
     await grpc.start(grpc_host, grpc_port)
     api_runner = await _serve_http(build_app(store, consensus, registry), config.listen_api)
@@ -76,6 +77,7 @@ async def run(config: _config.ServerConfig, argv: list[str] | None = None) -> No
         grpc.close()
         await api_runner.cleanup()
         await grpc.wait_closed()
+        await agents.close()
         await consensus.stop()  # a leader hands over first, while the peer port still answers
         await peer_runner.cleanup()
         await store.close()

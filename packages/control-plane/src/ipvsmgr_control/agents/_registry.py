@@ -20,6 +20,8 @@ class NodeStatus:
     last_seen_monotonic: float = 0.0
     errors: list[str] = field(default_factory=list)
     dataplane: str = ""
+    # seconds the last check of (service, backend) took, as last reported here; live only, never stored
+    latency: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 class NodeRegistry:
@@ -40,6 +42,23 @@ class NodeRegistry:
     def report(self, node_id: str, applied_revision: int, errors: list[str], dataplane: str) -> None:
         st = self.seen(node_id)
         st.applied_revision, st.errors, st.dataplane = applied_revision, list(errors), dataplane or st.dataplane
+
+    def latencies(self, node_id: str, latencies: dict[tuple[str, str], float], replace: bool) -> None:
+        """Record check latencies; a complete report replaces them (backends it omits are no longer checked)."""
+        st = self.status(node_id)
+        if replace:
+            st.latency = dict(latencies)
+        else:
+            st.latency.update(latencies)
+
+    def latency(self, node_id: str, service: str, backend: str) -> float | None:
+        st = self._status.get(node_id)
+        return st.latency.get((service, backend)) if st is not None else None
+
+    def streams(self, node_id: str) -> int:
+        """Open desired-state streams of the node on this server."""
+        st = self._status.get(node_id)
+        return st.streams if st is not None else 0
 
     def forget(self, node_id: str) -> None:
         self._status.pop(node_id, None)

@@ -13,6 +13,7 @@ from ipvsmgr_proto import v1
 
 from ..raft import Consensus, NoQuorum, NotLeader
 from ..state import StateStore, ValidationError, WriteRejected, schema
+from ._health import HealthRecorder
 from ._registry import NodeRegistry
 from ._streams import delta, full_state
 
@@ -24,6 +25,11 @@ class AgentApi(v1.AgentServiceBase):
     def __init__(self, store: StateStore, consensus: Consensus, registry: NodeRegistry) -> None:
         self.store, self.consensus, self.registry = store, consensus, registry
         self.server = consensus.name
+        self.health = HealthRecorder(store, consensus, registry)
+
+    async def close(self) -> None:
+        """Stop background health retries (the server is shutting down)."""
+        await self.health.close()
 
     async def watch(self, watch_request: v1.WatchRequest) -> AsyncIterator[v1.StateUpdate]:
         req = watch_request
@@ -43,8 +49,8 @@ class AgentApi(v1.AgentServiceBase):
                     self.store.hub.unsubscribe(sub)
                     sub = self.store.hub.subscribe()
                     update = full_state(self.store, req.labels, self.server)
-                elif batch.revision <= sent:
-                    continue
+                elif batch.revision <= sent or not batch.concerns_agents():
+                    continue  # already sent, or only health: nothing for the agent to apply
                 else:
                     update = delta(self.store, [batch], req.labels, self.server) or full_state(
                         self.store, req.labels, self.server
@@ -83,6 +89,7 @@ class AgentApi(v1.AgentServiceBase):
         req = report_request
         _checked_node(v1.WatchRequest(node_id=req.node_id))
         self.registry.report(req.node_id, req.applied_revision, list(req.errors), req.dataplane)
+        await self.health.record(req.node_id, req.health, req.health_complete)
         return v1.ReportResponse(revision=self.store.revision)
 
     async def keep_alive(

@@ -8,7 +8,7 @@ from typing import Any
 from ipvsmgr_proto import v1
 
 from ..placement import service_concerns_node, vip_concerns_node
-from ..state import ChangeBatch, StateStore
+from ..state import AGENT_BLIND_KINDS, ChangeBatch, StateStore
 from ._convert import service_message, vip_message
 
 Obj = dict[str, Any]
@@ -31,6 +31,8 @@ def delta(
     latest: dict[str, Obj | None] = {}
     for batch in batches:
         for ch in batch.changes:
+            if ch.kind in AGENT_BLIND_KINDS:
+                continue
             if ch.kind in RESHAPING_KINDS:
                 return None
             if ch.kind == "service":

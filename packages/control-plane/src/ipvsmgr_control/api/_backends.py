@@ -10,6 +10,7 @@ from aiohttp import web
 from ipvsmgr_proto import backend_id, parse_backend_id
 
 from ..state import Conflict, NotFound, PreconditionFailed, content, schema
+from ._health import backend_with_health
 from ._http import bad_request, if_match, json_response, read_body, readable
 from ._keys import STORE
 from ._resources import SERVICE, get_or_404, update
@@ -68,13 +69,14 @@ def routes() -> list[web.RouteDef]:
     async def list_(request: web.Request) -> web.Response:
         store = await readable(request)
         svc = get_or_404(store, SERVICE, request.match_info["key"])
-        return json_response({"items": svc["backends"], "revision": store.revision})
+        items = [backend_with_health(store, svc["name"], b) for b in svc["backends"]]
+        return json_response({"items": items, "revision": store.revision})
 
     async def get(request: web.Request) -> web.Response:
         store = await readable(request)
         svc = get_or_404(store, SERVICE, request.match_info["key"])
         key = _backend_key(request)
-        return json_response(_found(svc, key))
+        return json_response(backend_with_health(store, svc["name"], _found(svc, key)))
 
     async def create(request: web.Request) -> web.Response:
         body = await read_body(request)
@@ -87,14 +89,14 @@ def routes() -> list[web.RouteDef]:
             return _replace(svc, key, new)
 
         svc = await _edit(request, add)
-        return json_response(_found(svc, _key_of(_validate(body, svc))), 201)
+        return json_response(_shown(request, svc, _key_of(_validate(body, svc))), 201)
 
     async def put(request: web.Request) -> web.Response:
         key, body = _backend_key(request), await read_body(request)
         existed = _find(get_or_404(request.app[STORE], SERVICE, request.match_info["key"]), key)
         _check_backend_if_match(request, existed)
         svc = await _edit(request, lambda s: _replace(s, key, _validate(_with_key(body, key), s)))
-        return json_response(_found(svc, key), 200 if existed else 201)
+        return json_response(_shown(request, svc, key), 200 if existed else 201)
 
     async def patch(request: web.Request) -> web.Response:
         key, body = _backend_key(request), await read_body(request)
@@ -106,7 +108,7 @@ def routes() -> list[web.RouteDef]:
             return _replace(svc, key, _validate(merged, svc))
 
         svc = await _edit(request, merge)
-        return json_response(_found(svc, key))
+        return json_response(_shown(request, svc, key))
 
     async def delete(request: web.Request) -> web.Response:
         key = _backend_key(request)
@@ -133,6 +135,11 @@ def _found(svc: Obj, key: tuple[str, int]) -> Obj:
     if backend is None:
         raise NotFound(f"backend {backend_id(*key)} does not exist in service {svc['name']!r}")
     return backend
+
+
+def _shown(request: web.Request, svc: Obj, key: tuple[str, int]) -> Obj:
+    """The stored backend as responses show it: with the health nodes report for it."""
+    return backend_with_health(request.app[STORE], svc["name"], _found(svc, key))
 
 
 def _key_of(backend: Obj) -> tuple[str, int]:

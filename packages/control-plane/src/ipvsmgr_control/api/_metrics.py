@@ -38,6 +38,7 @@ class StateCollector(Collector):
         yield from _raft(status)
         yield _gauge("ipvsmgr_watchers", "Open watch subscriptions (SSE and agent streams)", self.store.hub.subscribers)
         yield from self._nodes()
+        yield from self._health()
 
     def _nodes(self) -> Iterator[GaugeMetricFamily]:
         nodes = [self.nodes.describe(n) for n in self.store.list_of("node")]
@@ -49,8 +50,30 @@ class StateCollector(Collector):
             "ipvsmgr_node_revision_lag", "Revisions the node has not applied yet (by node)", labels=["node"]
         )
         for node in nodes:
-            lag.add_metric([node["id"]], max(0, self.store.revision - node["applied_revision"]))
+            lag.add_metric([node["id"]], max(0, self.store.desired_revision - node["applied_revision"]))
         yield lag
+
+    def _health(self) -> Iterator[Metric]:
+        """Per service only (never per backend or node): a fleet has too many backends for labels."""
+        services = [s for s in self.store.list_of("service") if s.get("health_check")]
+        transitions = CounterMetricFamily(
+            "ipvsmgr_backend_health_transitions",
+            "Backend health changes applied on this server (a new entry or up <-> down), by service",
+            labels=["service"],
+        )
+        counts = self.store.health_transitions
+        for name in [n for n in counts if self.store.get("service", n) is None]:
+            del counts[name]  # deleted services: keep the series count bounded
+        for name, count in sorted(counts.items()):
+            transitions.add_metric([name], count)
+        yield transitions
+        unhealthy = GaugeMetricFamily(
+            "ipvsmgr_backends_unhealthy", "(node, backend) pairs of the service reported down", labels=["service"]
+        )
+        for svc in services:
+            down = sum(1 for e in self.store.objects.health_of(service=svc["name"]) if not e["healthy"])
+            unhealthy.add_metric([svc["name"]], down)
+        yield unhealthy
 
 
 ROLES = ("leader", "follower", "pre-candidate", "candidate", "failed")

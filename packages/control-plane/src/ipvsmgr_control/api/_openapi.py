@@ -59,9 +59,7 @@ SERVICE = {
         "scheduler": _enum(schema.SCHEDULERS),
         "persistence": _nullable({"type": "object", "properties": {"timeout": {"type": "integer"}, "netmask": {}}}),
         "forwarding": _enum(schema.FORWARDING),
-        "health_check": _nullable(
-            {"type": "object", "required": ["type"], "properties": {"type": _enum(schema.CHECK_TYPES)}}
-        ),
+        "health_check": _nullable(_ref("HealthCheck")),
         "on_backend_failure": _enum(("drain", "remove")),
         "sorry_backend": _nullable(
             {"type": "object", "required": ["address", "port"], "properties": {"address": IP, "port": PORT}}
@@ -70,6 +68,75 @@ SERVICE = {
         "backends": {"type": "array", "items": _ref("Backend")},
         **REVISIONS,
     },
+}
+SECONDS = {"type": "number", "exclusiveMinimum": 0, "maximum": 3600}
+CHECK_COMMON = {
+    "interval": {**SECONDS, "default": 2.0, "description": "seconds between checks"},
+    "timeout": {**SECONDS, "default": 1.0, "description": "seconds one check may take; at most the interval"},
+    "rise": {"type": "integer", "minimum": 1, "maximum": 100, "default": 2, "description": "passes to become up"},
+    "fall": {"type": "integer", "minimum": 1, "maximum": 100, "default": 3, "description": "failures to go down"},
+    "address": {**IP, "description": "check this address instead of the backend's"},
+    "port": {**PORT, "description": "check this port instead of the backend's"},
+}
+STATUS_ITEM = {
+    "anyOf": [
+        {"type": "integer", "minimum": 100, "maximum": 599},
+        {"type": "string", "pattern": "^[1-5][0-9][0-9](-[1-5][0-9][0-9])?$"},
+    ]
+}
+HTTP_CHECK = {
+    "method": {**_enum(schema.HTTP_METHODS), "default": "GET"},
+    "path": {"type": "string", "pattern": "^/", "default": "/"},
+    "host": {"type": "string", "description": "Host header (default: the checked address)"},
+    "expect_status": {
+        "type": "array",
+        "items": STATUS_ITEM,
+        "default": ["200-399"],
+        "description": 'status codes and "lo-hi" ranges that count as up',
+    },
+    "body_regex": {"type": "string", "description": "the body must match this (Python) regular expression"},
+}
+CHECK_TYPE_PROPERTIES: dict[str, J] = {
+    "tcp": {},
+    "http": HTTP_CHECK,
+    "https": {**HTTP_CHECK, "tls_verify": {"type": "boolean", "default": False}},
+    "udp": {
+        "payload": {"type": "string", "description": "datagram to send"},
+        "expect": {"type": "string", "description": "the reply must contain this (default: any reply)"},
+    },
+    "dns": {
+        "query": {"type": "string", "description": "domain name to ask for"},
+        "query_type": {**_enum(schema.DNS_QUERY_TYPES), "default": "A"},
+        "expect_rcode": {**_enum(schema.DNS_RCODES), "default": "NOERROR"},
+    },
+    "script": {
+        "command": {
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            ],
+            "description": "exit code 0 = up",
+        },
+        "weight_from_output": {"type": "boolean", "default": False, "description": "a number printed sets the weight"},
+    },
+}
+CHECK_REQUIRED = {"udp": ["payload"], "dns": ["query"], "script": ["command"]}
+
+
+def _check_variant(kind: str) -> J:
+    return {
+        "type": "object",
+        "title": f"{kind} check",
+        "required": ["type", *CHECK_REQUIRED.get(kind, [])],
+        "additionalProperties": False,
+        "properties": {"type": {"const": kind}, **CHECK_COMMON, **CHECK_TYPE_PROPERTIES[kind]},
+    }
+
+
+HEALTH_CHECK = {
+    "description": "How each node checks the service's backends; fields of another type are refused",
+    "oneOf": [_check_variant(kind) for kind in schema.CHECK_TYPES],
+    "discriminator": {"propertyName": "type"},
 }
 VIP = {
     "type": "object",
@@ -285,6 +352,7 @@ def document() -> J:
             "schemas": {
                 "Service": SERVICE,
                 "Backend": BACKEND,
+                "HealthCheck": HEALTH_CHECK,
                 "Vip": VIP,
                 "VipGroup": VIP_GROUP,
                 "Node": NODE,

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from ..state import NotFound, PreconditionFailed, StateStore, schema
+from ._health import with_health
 from ._http import bad_request, if_match, json_response, propose, read_body, readable
 from ._keys import STORE
 
@@ -24,6 +25,7 @@ class Kind:
     key_field: str
     validate: Callable[[Any, str], Obj]
     canonical_key: Callable[[str], str] = str
+    present: Callable[[StateStore, Obj], Obj] = lambda store, obj: obj  # what responses show of a stored object
 
     def label(self) -> str:
         return self.name.replace("_", " ")
@@ -36,7 +38,7 @@ def _canonical_ip(text: str) -> str:
         raise bad_request("address", str(exc)) from None
 
 
-SERVICE = Kind("service", "/v1/services", "name", schema.service)
+SERVICE = Kind("service", "/v1/services", "name", schema.service, present=with_health)
 VIP = Kind("vip", "/v1/vips", "address", schema.vip, _canonical_ip)
 VIP_GROUP = Kind("vip_group", "/v1/vip-groups", "name", schema.vip_group)
 
@@ -70,29 +72,32 @@ def routes(kind: Kind) -> list[web.RouteDef]:
 
     async def list_(request: web.Request) -> web.Response:
         store = await readable(request)
-        return json_response({"items": store.list_of(kind.name), "revision": store.revision})
+        items = [kind.present(store, obj) for obj in store.list_of(kind.name)]
+        return json_response({"items": items, "revision": store.revision})
 
     async def create(request: web.Request) -> web.Response:
         obj = kind.validate(await read_body(request), "")
         result = await propose(request, {"op": "create", "kind": kind.name, "object": obj})
-        return json_response(result["object"], 201)
+        return json_response(kind.present(request.app[STORE], result["object"]), 201)
 
     async def get(request: web.Request) -> web.Response:
         store = await readable(request)
-        return json_response(get_or_404(store, kind, kind.canonical_key(request.match_info["key"])))
+        return json_response(
+            kind.present(store, get_or_404(store, kind, kind.canonical_key(request.match_info["key"])))
+        )
 
     async def put(request: web.Request) -> web.Response:
         key = kind.canonical_key(request.match_info["key"])
         obj = kind.validate(_body_with_key(await read_body(request), kind, key), "")
         cmd = {"op": "put", "kind": kind.name, "key": key, "object": obj, "if_match": if_match(request)}
         result = await propose(request, cmd)
-        return json_response(result["object"], 201 if result["created"] else 200)
+        return json_response(kind.present(request.app[STORE], result["object"]), 201 if result["created"] else 200)
 
     async def patch(request: web.Request) -> web.Response:
         key = kind.canonical_key(request.match_info["key"])
         patch_body = _body_with_key(await read_body(request), kind, key)
-        result = await update(request, kind, key, lambda cur: schema.merge_patch(cur, patch_body), if_match(request))
-        return json_response(result["object"])
+        result = await update(request, kind, key, lambda cur: merge(cur, patch_body), if_match(request))
+        return json_response(kind.present(request.app[STORE], result["object"]))
 
     async def delete(request: web.Request) -> web.Response:
         key = kind.canonical_key(request.match_info["key"])
@@ -107,6 +112,18 @@ def routes(kind: Kind) -> list[web.RouteDef]:
         web.patch(item, patch),
         web.delete(item, delete),
     ]
+
+
+def merge(current: Obj, patch: Any) -> Any:
+    """JSON merge patch, except that a health_check of another type replaces the old check whole.
+
+    Merging would keep the old type's fields (an http check's path on a tcp check), which are refused.
+    """
+    check = patch.get("health_check") if isinstance(patch, dict) else None
+    old = current.get("health_check")
+    if isinstance(check, dict) and isinstance(old, dict) and check.get("type") not in (None, old.get("type")):
+        current = {**current, "health_check": None}
+    return schema.merge_patch(current, patch)
 
 
 async def update(

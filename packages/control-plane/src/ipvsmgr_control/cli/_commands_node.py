@@ -8,6 +8,7 @@ from typing import Any
 from ._client import Response
 from ._context import Context, add_command, add_group, add_if_match
 from ._output import cell, key_values, labels, table
+from ._views import since_text
 
 NODE_EXAMPLES = """\
 examples:
@@ -41,18 +42,31 @@ def _list(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def sync_text(node: dict[str, Any], revision: int | None) -> str:
-    """`ok`, `! 3 behind` or `! disconnected`; the `!` is what makes a lagging node stand out."""
+    """`ok`, `! 3 behind` or `! disconnected`; the `!` is what makes a lagging node stand out.
+
+    A node is behind only if it lacks a revision it is sent (`desired_revision`): revisions that
+    merely recorded health are never streamed to agents.
+    """
     if not node.get("connected"):
         return "! disconnected"
     applied = node.get("applied_revision")
-    if revision is None or not isinstance(applied, int):
+    target = node.get("desired_revision", revision)
+    if not isinstance(target, int) or not isinstance(applied, int):
         return "?"
-    return "ok" if applied >= revision else f"! {revision - applied} behind"
+    return "ok" if applied >= target else f"! {target - applied} behind"
+
+
+def health_counts_text(node: dict[str, Any]) -> str:
+    """`12/13 up` over the backends the node checks; `-` when it checks none."""
+    up, down = node.get("healthy_backends"), node.get("unhealthy_backends")
+    if not isinstance(up, int) or not isinstance(down, int) or up + down == 0:
+        return "-"
+    return f"{up}/{up + down} up"
 
 
 def nodes_table(nodes: list[dict[str, Any]], revision: int | None) -> str:
     """Applied revision next to the cluster's, with a SYNC column that flags laggards."""
-    headers = ("ID", "CONNECTED", "APPLIED", "CLUSTER", "SYNC", "DATAPLANE", "LAST SEEN", "LAST ERROR")
+    headers = ("ID", "CONNECTED", "APPLIED", "CLUSTER", "SYNC", "DATAPLANE", "HEALTH", "LAST SEEN", "LAST ERROR")
     rows = [
         (
             cell(n.get("id")),
@@ -61,6 +75,7 @@ def nodes_table(nodes: list[dict[str, Any]], revision: int | None) -> str:
             cell(revision),
             sync_text(n, revision),
             cell(n.get("dataplane")),
+            health_counts_text(n),
             cell(n.get("last_seen")),
             cell(n.get("last_error")),
         )
@@ -76,10 +91,22 @@ def _get(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def node_details(node: dict[str, Any], revision: int | None) -> str:
-    """Every field of the node, plus how far it is from the cluster revision."""
-    pairs = [(k.replace("_", " "), labels(v) if k == "labels" else cell(v)) for k, v in node.items()]
+    """Every field of the node, how far it is from the cluster revision, then its unhealthy backends."""
+    fields = {k: v for k, v in node.items() if k != "health"}
+    pairs = [(k.replace("_", " "), labels(v) if k == "labels" else cell(v)) for k, v in fields.items()]
     pairs.append(("sync", f"{sync_text(node, revision)} (cluster revision {cell(revision)})"))
-    return key_values(pairs)
+    health = node.get("health")
+    if not isinstance(health, list) or not health:
+        return key_values(pairs)
+    down = [h for h in health if not h.get("healthy")]
+    if not down:
+        return key_values(pairs) + f"\n\nAll {len(health)} checked backends are up."
+    rows = [
+        (cell(h.get("service")), cell(h.get("backend")), cell(h.get("reason")), since_text(h.get("since")))
+        for h in down
+    ]
+    title = f"Unhealthy backends ({len(down)} of {len(health)} checked):"
+    return key_values(pairs) + f"\n\n{title}\n" + table(("SERVICE", "BACKEND", "REASON", "SINCE"), rows)
 
 
 def _delete(ctx: Context, args: argparse.Namespace) -> int:

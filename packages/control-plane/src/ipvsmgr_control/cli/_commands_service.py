@@ -8,7 +8,7 @@ from typing import Any
 from ._context import Context, UsageError, add_command, add_group, add_if_match
 from ._output import cell, key_values, table
 from ._specs import backend_with_weight, load_mapping, non_negative_int
-from ._views import backend_key, backends_summary, health_text, persistence_text, service_address
+from ._views import backend_health_text, backend_key, backends_summary, health_text, persistence_text, service_address
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 FORWARDING = ("nat", "dr", "tunnel")
@@ -115,12 +115,18 @@ def service_details(service: dict[str, Any]) -> str:
         ]
     )
     backends = service.get("backends") or []
-    return details + "\n\n" + (backends_table(backends) if backends else "No backends.")
+    checked = bool(service.get("health_check"))
+    return details + "\n\n" + (backends_table(backends, checked) if backends else "No backends.")
 
 
-def backends_table(backends: list[dict[str, Any]]) -> str:
-    """Backends of one service; forwarding `-` means the service's default."""
-    headers = ("BACKEND", "WEIGHT", "FORWARDING", "STATE", "REVISION")
+def backends_table(backends: list[dict[str, Any]], checked: bool = False) -> str:
+    """Backends of one service; forwarding `-` means the service's default.
+
+    With a health check (and a server that reports health), a HEALTH column shows each node's view.
+    """
+    reported = any("health" in b for b in backends)  # servers before health checks send none
+    with_health = reported and (checked or any(b.get("health") for b in backends))
+    headers = ("BACKEND", "WEIGHT", "FORWARDING", "STATE", "REVISION", *(("HEALTH",) if with_health else ()))
     rows = [
         (
             backend_key(b),
@@ -128,6 +134,7 @@ def backends_table(backends: list[dict[str, Any]]) -> str:
             cell(b.get("forwarding")),
             cell(b.get("state")),
             cell(b.get("mod_revision")),
+            *((backend_health_text(b.get("health")),) if with_health else ()),
         )
         for b in backends
     ]

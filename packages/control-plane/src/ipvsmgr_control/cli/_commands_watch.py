@@ -29,6 +29,7 @@ revision it printed. Ctrl-C stops it.
 KEEPALIVE_GRACE = 45.0  # the server sends `: keep-alive` every 15 s; three missed ones mean a dead stream
 MAX_BACKOFF = 10.0
 _KIND_NAMES = {"vip_group": "vip-group"}
+_RESET_NAMES = {"health": "health reports"}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
@@ -187,9 +188,8 @@ def format_event(kind_of_event: str, data: dict[str, Any]) -> str:
     """One line per event: revision, event type, object, and a short description."""
     revision = data.get("revision", "?")
     if kind_of_event == "reset":
-        counts = ", ".join(
-            f"{len(data.get(k) or [])} {k.replace('_', ' ')}" for k in ("services", "vips", "vip_groups", "nodes")
-        )
+        kinds = ("services", "vips", "vip_groups", "nodes", *(("health",) if "health" in data else ()))
+        counts = ", ".join(f"{len(data.get(k) or [])} {_RESET_NAMES.get(k, k.replace('_', ' '))}" for k in kinds)
         return f"{revision:>6}  reset   {counts}"
     if kind_of_event not in ("put", "delete"):
         return f"{revision:>6}  {kind_of_event:<6}  {json.dumps(data, sort_keys=True)}"

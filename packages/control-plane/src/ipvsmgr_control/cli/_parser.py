@@ -9,6 +9,7 @@ from . import (
     _commands_apply,
     _commands_backend,
     _commands_cluster,
+    _commands_health,
     _commands_node,
     _commands_service,
     _commands_vip,
@@ -27,6 +28,7 @@ examples:
   ipvsmgr backend drain web 10.1.0.1:8080
   ipvsmgr apply -f lb.yaml --dry-run
   ipvsmgr -o json node list
+  ipvsmgr health --unhealthy
   ipvsmgr --endpoints http://cp1:8010,http://cp2:8010 cluster status
   ipvsmgr watch
 
@@ -43,6 +45,7 @@ _MODULES = (
     _commands_backend,
     _commands_vip,
     _commands_node,
+    _commands_health,
     _commands_cluster,
     _commands_apply,
     _commands_watch,

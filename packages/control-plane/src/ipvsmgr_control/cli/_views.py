@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from ._output import cell, labels
@@ -50,6 +51,37 @@ def health_text(check: Obj | None) -> str:
     return f"{check.get('type', '?')} {rest}".strip()
 
 
+def since_text(since: Any, now: datetime | None = None) -> str:
+    """An RFC 3339 time as local `12:03:04` when it is today, else `2026-11-20 12:03:04`."""
+    try:
+        when = datetime.fromisoformat(str(since).replace("Z", "+00:00")).astimezone()
+    except ValueError:
+        return cell(since)
+    today = (now or datetime.now().astimezone()).date()
+    return when.strftime("%H:%M:%S" if when.date() == today else "%Y-%m-%d %H:%M:%S")
+
+
+def state_text(healthy: Any) -> str:
+    """`up` or `DOWN`: the capitals are what an operator's eye should catch."""
+    return "up" if healthy else "DOWN"
+
+
+def node_health_text(node: str, state: Obj) -> str:
+    """`up on n1`, or `DOWN on n2 (connection refused, since 12:03:04)`."""
+    if state.get("healthy"):
+        return f"up on {node}"
+    reason = ", ".join(x for x in (str(state.get("reason") or ""), f"since {since_text(state.get('since'))}") if x)
+    return f"DOWN on {node} ({reason})"
+
+
+def backend_health_text(health: Mapping[str, Obj] | None) -> str:
+    """Every node's view of one backend, downs first; `-` when no node checks it."""
+    if not health:
+        return "-"
+    order = sorted(health.items(), key=lambda item: (bool(item[1].get("healthy")), item[0]))
+    return ", ".join(node_health_text(node, state) for node, state in order)
+
+
 def _service_line(obj: Obj) -> str:
     return f"{service_address(obj)} {obj.get('scheduler', '?')}, {backends_summary(obj.get('backends'))} backends"
 
@@ -67,7 +99,18 @@ def _node_line(obj: Obj) -> str:
     return f"{state}, applied revision {obj.get('applied_revision', '?')}"
 
 
-_LINES = {"service": _service_line, "vip": _vip_line, "vip_group": _group_line, "node": _node_line}
+def _health_line(obj: Obj) -> str:
+    reason = f" ({obj['reason']})" if obj.get("reason") else ""
+    return f"{state_text(obj.get('healthy'))} on {obj.get('node', '?')}{reason}"
+
+
+_LINES = {
+    "service": _service_line,
+    "vip": _vip_line,
+    "vip_group": _group_line,
+    "node": _node_line,
+    "health": _health_line,
+}
 
 
 def summary(kind: str, obj: Obj | None) -> str:

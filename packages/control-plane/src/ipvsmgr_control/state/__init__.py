@@ -1,13 +1,15 @@
 """Desired state: validation, the SQLite state machine, revisions and the change feed."""
 
 from . import _schema as schema
-from ._changes import Change, ChangeBatch, Subscription, WatchHub
+from ._changes import AGENT_BLIND_KINDS, Change, ChangeBatch, Subscription, WatchHub
 from ._declarative import diff as apply_diff
 from ._errors import REJECTIONS, Conflict, FieldError, NotFound, PreconditionFailed, ValidationError, WriteRejected
-from ._objects import content
+from ._health import health_entry, rfc3339, same_health
+from ._objects import backend_ids, content, health_key
 from ._store import StateStore
 
 __all__ = [
+    "AGENT_BLIND_KINDS",
     "REJECTIONS",
     "Change",
     "ChangeBatch",
@@ -21,6 +23,11 @@ __all__ = [
     "WatchHub",
     "WriteRejected",
     "apply_diff",
+    "backend_ids",
     "content",
+    "health_entry",
+    "health_key",
+    "rfc3339",
+    "same_health",
     "schema",
 ]

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Obj = dict[str, Any]
-KINDS = ("service", "vip", "vip_group", "node")
+KINDS = ("service", "vip", "vip_group", "node", "health")
+# Kinds no agent is sent: their changes never wake a desired-state stream.
+AGENT_BLIND_KINDS = frozenset({"health"})
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,10 @@ class ChangeBatch:
 
     revision: int
     changes: list[Change] = field(default_factory=list)
+
+    def concerns_agents(self) -> bool:
+        """False when the revision only changed what agents are never sent (health they reported)."""
+        return any(ch.kind not in AGENT_BLIND_KINDS for ch in self.changes)
 
 
 class Subscription:

@@ -22,6 +22,24 @@ FORWARDING = ("nat", "dr", "tunnel")
 BACKEND_STATES = ("enabled", "draining", "disabled")
 CHECK_TYPES = ("tcp", "http", "https", "udp", "dns", "script")
 VIP_MODES = ("all-nodes", "floating")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "OPTIONS")
+DNS_QUERY_TYPES = ("A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT")
+DNS_RCODES = ("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED")
+CHECK_COMMON_FIELDS = ("type", "interval", "timeout", "rise", "fall", "address", "port")
+_HTTP_FIELDS = ("method", "path", "host", "expect_status", "body_regex")
+CHECK_TYPE_FIELDS: dict[str, tuple[str, ...]] = {
+    "tcp": (),
+    "http": _HTTP_FIELDS,
+    "https": (*_HTTP_FIELDS, "tls_verify"),
+    "udp": ("payload", "expect"),
+    "dns": ("query", "query_type", "expect_rcode"),
+    "script": ("command", "weight_from_output"),
+}
+_CHECK_ARTICLE = {"tcp": "a", "http": "an", "https": "an", "udp": "a", "dns": "a", "script": "a"}
+MAX_CHECK_TEXT = 4096
+DOMAIN_RE = re.compile(
+    r"(?=.{1,254}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?"
+)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 # IPv4 addresses exactly as ipaddress writes them (no leading zeros, ASCII digits): parsing one gives it back.
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
@@ -118,6 +136,16 @@ def choice(options: tuple[str, ...]) -> Callable[[Any], str]:
     return parse
 
 
+def _upper_choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    """Like `choice`, case-insensitive (operators write `get` and `aaaa`); stored in upper case."""
+    exact = choice(options)
+
+    def parse(value: Any) -> str:
+        return exact(value.upper() if isinstance(value, str) else value)
+
+    return parse
+
+
 def name(value: Any) -> str:
     if not isinstance(value, str) or not NAME_RE.match(value):
         raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
@@ -154,13 +182,19 @@ _BACKEND_STATE = choice(BACKEND_STATES)
 _ON_FAILURE = choice(("drain", "remove"))
 _CHECK_TYPE = choice(CHECK_TYPES)
 _VIP_MODE = choice(VIP_MODES)
+_STATUS = integer(100, 599)
+_HTTP_METHOD = _upper_choice(HTTP_METHODS)
+_DNS_TYPE = _upper_choice(DNS_QUERY_TYPES)
+_DNS_RCODE = _upper_choice(DNS_RCODES)
 BACKEND_FIELDS = ("address", "port", "weight", "forwarding", "state")
+# Shown on backends by GET (health as nodes see it) but never stored: accepted back and ignored.
+BACKEND_READ_ONLY = ("health",)
 
 
 def backend(body: Any, path: str = "", errors: list[FieldError] | None = None, port_zero: bool = False) -> Obj:
     """Normalise one backend; `port_zero` is allowed for fwmark services (keep the client's port)."""
     c = Checker(body, path, errors)
-    c.unknown(BACKEND_FIELDS)
+    c.unknown(BACKEND_FIELDS + BACKEND_READ_ONLY)
     out: Obj = {
         "address": c.get("address", ip, required=True),
         "port": c.get("port", PORT_OR_ZERO if port_zero else PORT, required=True),
@@ -237,23 +271,179 @@ def _netmask(value: Any) -> str:
 
 
 def _health_check(c: Checker) -> Obj | None:
+    """The check with every field its type has (defaults filled); fields of other types are refused by name."""
     raw = c.body.get("health_check")
     if raw is None:
         return None
+    if not isinstance(raw, dict):
+        c.fail("health_check", "must be a JSON object (or null for no check)")
+        return None
     h = c.child("health_check", raw)
-    out = dict(h.body)
-    out["type"] = h.get("type", _CHECK_TYPE, required=True)
-    out["interval"] = h.get("interval", _CHECK_SECONDS, 2.0)
-    out["timeout"] = h.get("timeout", _CHECK_SECONDS, 1.0)
-    out["rise"] = h.get("rise", _RISE_FALL, 2)
-    out["fall"] = h.get("fall", _RISE_FALL, 3)
-    if "port" in out:
-        out["port"] = h.get("port", PORT)
-    if out["type"] == "script" and not isinstance(out.get("command"), str | list):
-        h.fail("command", "is required for a script check (a string or a list of arguments)")
-    if "path" in out and not (isinstance(out["path"], str) and out["path"].startswith("/")):
-        h.fail("path", "must start with '/'")
+    kind = h.get("type", _CHECK_TYPE, required=True)
+    _refuse_foreign_check_fields(h, kind)
+    out: Obj = {"type": kind, **_check_timing(h)}
+    _optional(out, h, "address", ip)
+    _optional(out, h, "port", PORT)
+    if kind is not None:
+        out.update(_CHECK_PARSERS[kind](h))
     return out
+
+
+def _refuse_foreign_check_fields(h: Checker, kind: str | None) -> None:
+    """Name each field the check type does not have (without a valid type, only fields no type has)."""
+    allowed = CHECK_COMMON_FIELDS + CHECK_TYPE_FIELDS.get(kind or "", ())
+    for field in h.body:
+        if field in allowed:
+            continue
+        if kind is not None:
+            h.fail(field, f"not a field of {_CHECK_ARTICLE[kind]} {kind} check")
+        elif field not in _ANY_CHECK_FIELD:
+            h.fail(field, "unknown field")
+
+
+def _check_timing(h: Checker) -> Obj:
+    """A check that outlives its interval would overlap the next one, so the timeout must fit inside."""
+    interval = h.get("interval", _CHECK_SECONDS, 2.0)
+    timeout = h.get("timeout", _CHECK_SECONDS, min(1.0, interval))
+    if "timeout" in h.body and timeout > interval:
+        h.fail("timeout", f"must not exceed the interval ({interval:g} s), got {timeout:g}")
+    return {
+        "interval": interval,
+        "timeout": timeout,
+        "rise": h.get("rise", _RISE_FALL, 2),
+        "fall": h.get("fall", _RISE_FALL, 3),
+    }
+
+
+def _optional(out: Obj, h: Checker, name: str, parse: Callable[[Any], Any]) -> None:
+    """Set `name` only when given: absent optional fields stay absent (the agent uses its own rule)."""
+    value = h.get(name, parse)
+    if value is not None:
+        out[name] = value
+
+
+def _http_fields(h: Checker) -> Obj:
+    out: Obj = {
+        "method": h.get("method", _HTTP_METHOD, "GET"),
+        "path": h.get("path", _http_path, "/"),
+        "expect_status": h.get("expect_status", _expect_status, ["200-399"]),
+    }
+    _optional(out, h, "host", _host_header)
+    _optional(out, h, "body_regex", _regex)
+    return out
+
+
+def _https_fields(h: Checker) -> Obj:
+    # Off by default: backends are checked by IP address, which their certificates rarely name.
+    return {**_http_fields(h), "tls_verify": h.get("tls_verify", boolean, False)}
+
+
+def _udp_fields(h: Checker) -> Obj:
+    out: Obj = {"payload": h.get("payload", _text, required=True)}
+    _optional(out, h, "expect", _text)
+    return out
+
+
+def _dns_fields(h: Checker) -> Obj:
+    return {
+        "query": h.get("query", _domain_name, required=True),
+        "query_type": h.get("query_type", _DNS_TYPE, "A"),
+        "expect_rcode": h.get("expect_rcode", _DNS_RCODE, "NOERROR"),
+    }
+
+
+def _script_fields(h: Checker) -> Obj:
+    return {
+        "command": h.get("command", _command, required=True),
+        "weight_from_output": h.get("weight_from_output", boolean, False),
+    }
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("must be a string")
+    if len(value) > MAX_CHECK_TEXT:
+        raise ValueError(f"must be at most {MAX_CHECK_TEXT} characters")
+    return value
+
+
+def _http_path(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError("must start with '/'")
+    if any(ch.isspace() for ch in value):
+        raise ValueError("must not contain spaces (percent-encode them)")
+    return _text(value)
+
+
+def _host_header(value: Any) -> str:
+    text = _text(value)
+    if not text or any(ch.isspace() for ch in text):
+        raise ValueError("must be a host name (optionally :port), without spaces")
+    return text
+
+
+def _expect_status(value: Any) -> list[int | str]:
+    """Statuses as ints and ranges as "lo-hi"; a single status may be given without a list."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("must list at least one status or range")
+    return [_status_item(item) for item in items]
+
+
+def _status_item(item: Any) -> int | str:
+    if isinstance(item, int) and not isinstance(item, bool):
+        return _STATUS(item)
+    if not isinstance(item, str):
+        raise TypeError(f'must be status codes (100-599) or ranges such as "200-299", got {item!r}')
+    lo, sep, hi = item.strip().partition("-")
+    if not lo.strip().isdigit() or (sep and not hi.strip().isdigit()):
+        raise ValueError(f'{item!r} is neither a status code nor a range such as "200-299"')
+    first = _STATUS(int(lo))
+    if not sep:
+        return first
+    last = _STATUS(int(hi))
+    if last < first:
+        raise ValueError(f"range {item!r} ends before it starts")
+    return f"{first}-{last}"
+
+
+def _regex(value: Any) -> str:
+    text = _text(value)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression: {exc}") from None
+    return text
+
+
+def _domain_name(value: Any) -> str:
+    if not isinstance(value, str) or not DOMAIN_RE.fullmatch(value) or len(value.rstrip(".")) > 253:
+        raise ValueError(f"must be a domain name such as example.com, got {value!r}")
+    return value
+
+
+def _command(value: Any) -> str | list[str]:
+    """A shell-free argument list, or one string the agent splits; either way something to run."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return _text(value)
+    if not isinstance(value, list) or not all(isinstance(arg, str) for arg in value):
+        raise TypeError("must be a string or a list of strings")
+    if not value or not value[0].strip():
+        raise ValueError("must name a program to run (the first argument is empty)")
+    return [_text(arg) for arg in value]
+
+
+_CHECK_PARSERS: dict[str, Callable[[Checker], Obj]] = {
+    "tcp": lambda h: {},
+    "http": _http_fields,
+    "https": _https_fields,
+    "udp": _udp_fields,
+    "dns": _dns_fields,
+    "script": _script_fields,
+}
+_ANY_CHECK_FIELD = frozenset(f for fields in CHECK_TYPE_FIELDS.values() for f in fields)
 
 
 def _sorry_backend(c: Checker) -> Obj | None:

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import sqlite3
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,7 +34,8 @@ from ..raft import LogEntry
 from . import _declarative
 from ._changes import Change, ChangeBatch, WatchHub
 from ._errors import Conflict, WriteRejected
-from ._objects import ObjectSet, check_if_match, content, stamp
+from ._health import apply_health
+from ._objects import PLURALS, ObjectSet, check_if_match, content, health_key, stamp
 
 log = structlog.get_logger(__name__)
 Obj = dict[str, Any]
@@ -66,6 +68,7 @@ class _State:
     revision: int
     compacted_revision: int
     applied_index: int
+    desired_revision: int
 
 
 @dataclass
@@ -111,6 +114,9 @@ class _Command:
         self._undo.append((kind, key, old))
         self.objects.put(kind, key, new)
         self.changes.append(Change(kind, key, "put", new))
+        if kind == "service":  # health of backends it no longer has (or of a check it dropped) goes with them
+            for stale in self.objects.stale_health(new):
+                self.delete("health", stale)
         return new
 
     def delete(self, kind: str, key: str) -> None:
@@ -118,6 +124,10 @@ class _Command:
         old = self.objects.delete(kind, key)
         self._undo.append((kind, key, old))
         self.changes.append(Change(kind, key, "delete", old))
+        if kind in ("service", "node"):  # what a node saw of a service is meaningless without either
+            entries = self.objects.health_of(node=key) if kind == "node" else self.objects.health_of(service=key)
+            for entry in entries:
+                self.delete("health", health_key(entry["node"], entry["service"], entry["backend"]))
 
     def rollback(self) -> None:
         for kind, key, old in reversed(self._undo):
@@ -136,8 +146,12 @@ class StateStore:
         self.history = history
         self.objects = ObjectSet()
         self.revision = 0
+        # The last revision agents were sent: revisions that only changed health are not streamed.
+        self.desired_revision = 0
         self.compacted_revision = 0
         self._applied_index = 0
+        # Health transitions applied on this server, by service (process-local, for metrics).
+        self.health_transitions: Counter[str] = Counter()
         self.hub = WatchHub()
         # Held by everything that uses the connection in a transaction or must see the state at
         # one applied index: apply, snapshot, restore, change-log reads.
@@ -186,7 +200,7 @@ class StateStore:
 
     def snapshot(self) -> dict[str, Any]:
         """The whole state at the current revision (for watch resets)."""
-        return {"revision": self.revision, **{f"{k}s": self.list_of(k) for k in self.objects.by_kind}}
+        return {"revision": self.revision, **{PLURALS[k]: self.list_of(k) for k in self.objects.by_kind}}
 
     async def changes_after(self, revision: int) -> list[ChangeBatch] | None:
         """Batches with a revision above `revision`, or None if that history is compacted.
@@ -235,7 +249,10 @@ class StateStore:
             return {"error": "invalid", "detail": f"malformed command: {exc!r}"}
         if cmd.changes:
             self.revision = cmd.revision
-            batches.append(ChangeBatch(cmd.revision, cmd.changes))
+            batch = ChangeBatch(cmd.revision, cmd.changes)
+            if batch.concerns_agents():
+                self.desired_revision = cmd.revision
+            batches.append(batch)
         result["revision"] = self.revision
         return result
 
@@ -251,6 +268,10 @@ class StateStore:
             return {"deleted": command["key"]}
         if op == "apply":
             return self._apply_config(command["config"], cmd)
+        if op == "health":
+            result, transitions = apply_health(command, cmd)
+            self.health_transitions.update(transitions)
+            return result
         raise ValueError(f"unknown op {op!r}")
 
     def _create(self, kind: str, obj: Obj, cmd: _Command) -> dict[str, Any]:
@@ -298,7 +319,11 @@ class StateStore:
         if floor > self.compacted_revision:
             writes.compact_to = floor
             writes.meta.append(("compacted_revision", floor))
-        writes.meta += [("applied_index", applied_index), ("revision", self.revision)]
+        writes.meta += [
+            ("applied_index", applied_index),
+            ("revision", self.revision),
+            ("desired_revision", self.desired_revision),
+        ]
         return writes
 
     async def _load(self) -> None:
@@ -306,7 +331,7 @@ class StateStore:
 
     def _install(self, state: _State) -> None:
         """Switch the in-memory copy in one step, so no reader sees a half-loaded state."""
-        self.objects, self.revision = state.objects, state.revision
+        self.objects, self.revision, self.desired_revision = state.objects, state.revision, state.desired_revision
         self.compacted_revision, self._applied_index = state.compacted_revision, state.applied_index
 
     # -- Raft snapshots --------------------------------------------------------
@@ -380,8 +405,11 @@ def _read_state(db: sqlite3.Connection) -> _State:
     objects = ObjectSet()
     for kind, key, body in db.execute("SELECT kind, key, body FROM objects"):
         objects.put(kind, key, json.loads(body))
-    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-    return _State(objects, meta.get("revision", 0), meta.get("compacted_revision", 0), meta.get("applied_index", 0))
+    meta: dict[str, int] = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    revision = meta.get("revision", 0)
+    # Databases from before health was stored have no desired_revision: every revision was streamed.
+    desired = meta.get("desired_revision", revision)
+    return _State(objects, revision, meta.get("compacted_revision", 0), meta.get("applied_index", 0), desired)
 
 
 def _changes_after(db: sqlite3.Connection, revision: int) -> list[ChangeBatch]:
