@@ -43,8 +43,40 @@ BACKEND = {
         "weight": {"type": "integer", "minimum": 0, "maximum": 65535, "default": 1},
         "forwarding": _nullable(_enum(schema.FORWARDING)),
         "state": _enum(schema.BACKEND_STATES),
+        "health": {
+            "type": "object",
+            "readOnly": True,
+            "description": "each node's view of this backend, by node id ({} when no node checks it)",
+            "additionalProperties": _ref("HealthState"),
+        },
         **REVISIONS,
     },
+}
+RFC3339 = {"type": "string", "format": "date-time"}
+HEALTH_STATE = {
+    "type": "object",
+    "properties": {
+        "healthy": {"type": "boolean"},
+        "reason": {"type": "string", "description": 'why, in words: "connection refused", "status 503"'},
+        "since": {**RFC3339, "description": "when the backend entered this state (the node's clock)"},
+    },
+}
+LATENCY = {
+    "anyOf": [{"type": "number", "minimum": 0}, {"type": "null"}],
+    "description": "seconds the last check took, as last reported to the answering server (live, not replicated)",
+}
+NODE_HEALTH = {
+    "type": "object",
+    "properties": {
+        "service": NAME,
+        "backend": {"type": "string", "description": "address:port, [v6]:port"},
+        **HEALTH_STATE["properties"],  # type: ignore[dict-item]
+        "latency": LATENCY,
+    },
+}
+HEALTH_ENTRY = {
+    "type": "object",
+    "properties": {"node": NAME, **NODE_HEALTH["properties"], **REVISIONS},  # type: ignore[dict-item]
 }
 SERVICE = {
     "type": "object",
@@ -165,7 +197,23 @@ VIP_GROUP = {
 }
 NODE = {
     "type": "object",
-    "properties": {"id": NAME, "labels": {"type": "object"}, "applied_revision": {"type": "integer"}},
+    "properties": {
+        "id": NAME,
+        "labels": {"type": "object"},
+        "applied_revision": {"type": "integer"},
+        "desired_revision": {
+            "type": "integer",
+            "description": "last revision agents are sent (revisions that only record health are not); "
+            "the node is in sync when applied_revision reaches it",
+        },
+        "healthy_backends": {"type": "integer", "description": "(service, backend) pairs it reports up"},
+        "unhealthy_backends": {"type": "integer", "description": "(service, backend) pairs it reports down"},
+        "health": {
+            "type": "array",
+            "items": _ref("NodeHealth"),
+            "description": "GET /v1/nodes/{id} only: every backend the node checks",
+        },
+    },
 }
 HOST_PORT = {"type": "string", "description": "HOST:PORT or [IPv6]:PORT, port 1-65535", "examples": ["10.0.0.4:8110"]}
 ROLE = {"type": "string", "description": "leader, follower, candidate or learner"}
@@ -299,6 +347,17 @@ def document() -> J:
         "get": {"summary": "Get a node", "responses": _ok(200, _ref("Node"))},
         "delete": {"summary": "Forget a node", "responses": _ok(204, None, "deleted")},
     }
+    paths["/v1/health"] = {
+        "get": {
+            "summary": "Backend health as each node reports it",
+            "parameters": [
+                {"name": "service", "in": "query", "schema": {"type": "string"}},
+                {"name": "node", "in": "query", "schema": {"type": "string"}},
+                {"name": "healthy", "in": "query", "schema": {"type": "boolean"}},
+            ],
+            "responses": _ok(200, _list_of("HealthEntry")),
+        }
+    }
     paths["/v1/apply"] = {
         "post": {
             "summary": "Declarative apply of a whole config",
@@ -356,6 +415,9 @@ def document() -> J:
                 "Vip": VIP,
                 "VipGroup": VIP_GROUP,
                 "Node": NODE,
+                "HealthState": HEALTH_STATE,
+                "NodeHealth": NODE_HEALTH,
+                "HealthEntry": HEALTH_ENTRY,
                 "Cluster": CLUSTER,
                 "Member": MEMBER,
                 "NewMember": NEW_MEMBER,
