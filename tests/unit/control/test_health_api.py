@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from ipvsmgr_control.agents import AgentApi
+from ipvsmgr_control.cli._commands_watch import format_event
 from ipvsmgr_control.cli._views import since_text
 from ipvsmgr_proto import v1
 
@@ -242,3 +243,23 @@ def test_since_is_local_time_today_else_with_the_date() -> None:
     assert since_text("2023-11-14T22:13:20.000Z", now=when) == when.strftime("%H:%M:%S")
     assert since_text("2023-11-14T22:13:20.000Z") == when.strftime("%Y-%m-%d %H:%M:%S")
     assert since_text("garbage") == "garbage"
+
+
+def test_watch_lines_for_health() -> None:
+    data = {
+        "revision": 9,
+        "kind": "health",
+        "key": "lb1/web/10.1.0.1:8080",
+        "object": {"node": "lb1", "healthy": False, "reason": "connection refused"},
+    }
+    assert format_event("put", data).split() == [
+        "9",
+        "put",
+        "health",
+        "lb1/web/10.1.0.1:8080",
+        "DOWN",
+        "(connection",
+        "refused)",
+    ]
+    reset = {"revision": 9, "services": [], "vips": [], "vip_groups": [], "nodes": [{}], "health": [{}, {}]}
+    assert format_event("reset", reset).endswith("0 services, 0 vips, 0 vip groups, 1 nodes, 2 health reports")

@@ -100,8 +100,9 @@ def _node_line(obj: Obj) -> str:
 
 
 def _health_line(obj: Obj) -> str:
+    """`DOWN (connection refused)`; the key beside it already names node, service and backend."""
     reason = f" ({obj['reason']})" if obj.get("reason") else ""
-    return f"{state_text(obj.get('healthy'))} on {obj.get('node', '?')}{reason}"
+    return f"{state_text(obj.get('healthy'))}{reason}"
 
 
 _LINES = {
