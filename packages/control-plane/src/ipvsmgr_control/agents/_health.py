@@ -116,22 +116,26 @@ class HealthRecorder:
             pending = self._pending.pop(node, None)
             if pending is None:
                 return True
+            stored = False
             try:
                 stored = await self._store_changes(node, pending)
             except (NoQuorum, NotLeader, TimeoutError) as exc:
-                stored = False
                 log.warning("health not stored yet; kept for the next report", node=node, reason=str(exc) or "timeout")
-            if not stored:
-                self._pending[node] = pending.merge(self._pending.get(node, _Pending()))
+            except Exception:
+                log.exception("health not stored; kept for the next report", node=node)
+            finally:  # also when the report is cancelled: what it said stays pending
+                if not stored:
+                    self._pending[node] = pending.merge(self._pending.get(node, _Pending()))
             return stored
 
     async def _store_changes(self, node: str, pending: _Pending) -> bool:
         async with asyncio.timeout(self.propose_timeout):
+            # Compare with a state that has every acknowledged write, this server's forwarded ones and the
+            # node's registration included: a lagging replica would propose repeats and miss removals.
+            await self.consensus.read_barrier()
             if self.store.get("node", node) is None:
-                await self.consensus.read_barrier()  # its registration may be committed but not applied here yet
-                if self.store.get("node", node) is None:
-                    log.info("health of a node not registered (yet) kept for later", node=node)
-                    return False
+                log.info("health of a node not registered (yet) kept for later", node=node)
+                return False
             command = self._command(node, pending)
             if command is None:
                 return True  # repeats of what is stored: nothing to propose
