@@ -30,7 +30,7 @@ def test_defaults_are_filled_per_type() -> None:
     assert check({"type": "tcp"}) == {"type": "tcp", **timing}
     http = {"method": "GET", "path": "/", "expect_status": ["200-399"]}
     assert check({"type": "http"}) == {"type": "http", **timing, **http}
-    assert check({"type": "https"}) == {"type": "https", **timing, **http, "tls_verify": False}
+    assert check({"type": "https"}) == {"type": "https", **timing, **http, "tls_verify": True}
     assert check({"type": "udp", "payload": "ping"}) == {"type": "udp", **timing, "payload": "ping"}
     dns = {"query": "example.com", "query_type": "A", "expect_rcode": "NOERROR"}
     assert check({"type": "dns", "query": "example.com"}) == {"type": "dns", **timing, **dns}
@@ -53,12 +53,12 @@ def test_given_values_are_normalised() -> None:
             "host": "www.example.com",
             "expect_status": [200, "204", "300-302"],
             "body_regex": "^ok$",
-            "tls_verify": True,
+            "tls_verify": False,
         }
     )
     assert got["interval"] == 5.0 and got["timeout"] == 4.5 and (got["rise"], got["fall"]) == (1, 100)
     assert (got["address"], got["port"], got["method"]) == ("2001:db8::1", 8443, "HEAD")
-    assert got["expect_status"] == [200, 204, "300-302"] and got["tls_verify"] is True
+    assert got["expect_status"] == [200, 204, "300-302"] and got["tls_verify"] is False
     assert check({"type": "http", "expect_status": 204})["expect_status"] == [204]
     assert (
         check({"type": "dns", "query": "_sip._udp.example.com.", "query_type": "srv", "expect_rcode": "nxdomain"})[
@@ -79,7 +79,7 @@ def test_a_short_interval_lowers_the_default_timeout() -> None:
     ("hc", "field", "message"),
     [
         ({"type": "tcp", "body_regex": "x"}, "health_check.body_regex", "not a field of a tcp check"),
-        ({"type": "http", "tls_verify": False}, "health_check.tls_verify", "not a field of an http check"),
+        ({"type": "http", "tls_verify": True}, "health_check.tls_verify", "not a field of an http check"),
         ({"type": "udp", "payload": "x", "path": "/"}, "health_check.path", "not a field of a udp check"),
         ({"type": "dns", "query": "a.b", "command": "x"}, "health_check.command", "not a field of a dns check"),
         ({"type": "script", "command": "x", "query": "a"}, "health_check.query", "not a field of a script check"),
@@ -114,7 +114,21 @@ def test_a_short_interval_lowers_the_default_timeout() -> None:
             "must be one of GET, HEAD, POST, PUT, OPTIONS, got 'DELETE'",
         ),
         ({"type": "http", "path": "health"}, "health_check.path", "must start with '/'"),
-        ({"type": "http", "host": ""}, "health_check.host", "must be a host name (optionally :port), without spaces"),
+        (
+            {"type": "http", "host": ""},
+            "health_check.host",
+            "must be a host name (optionally :port): printable ASCII without spaces",
+        ),
+        (
+            {"type": "http", "path": "/a b"},
+            "health_check.path",
+            "must be printable ASCII without spaces (percent-encode the rest)",
+        ),
+        (
+            {"type": "script", "command": 'check "unclosed'},
+            "health_check.command",
+            "cannot be split into arguments: No closing quotation",
+        ),
         (
             {"type": "http", "expect_status": [600]},
             "health_check.expect_status",

@@ -131,7 +131,7 @@ HTTP_CHECK = {
 CHECK_TYPE_PROPERTIES: dict[str, J] = {
     "tcp": {},
     "http": HTTP_CHECK,
-    "https": {**HTTP_CHECK, "tls_verify": {"type": "boolean", "default": False}},
+    "https": {**HTTP_CHECK, "tls_verify": {"type": "boolean", "default": True}},
     "udp": {
         "payload": {"type": "string", "description": "datagram to send"},
         "expect": {"type": "string", "description": "the reply must contain this (default: any reply)"},

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,7 @@ CHECK_TYPE_FIELDS: dict[str, tuple[str, ...]] = {
 }
 _CHECK_ARTICLE = {"tcp": "a", "http": "an", "https": "an", "udp": "a", "dns": "a", "script": "a"}
 MAX_CHECK_TEXT = 4096
+_PRINTABLE = re.compile(r"[\x21-\x7e]+")
 DOMAIN_RE = re.compile(
     r"(?=.{1,254}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?"
 )
@@ -334,8 +336,8 @@ def _http_fields(h: Checker) -> Obj:
 
 
 def _https_fields(h: Checker) -> Obj:
-    # Off by default: backends are checked by IP address, which their certificates rarely name.
-    return {**_http_fields(h), "tls_verify": h.get("tls_verify", boolean, False)}
+    # On by default, so a check never passes against an impostor; self-signed backends set it false.
+    return {**_http_fields(h), "tls_verify": h.get("tls_verify", boolean, True)}
 
 
 def _udp_fields(h: Checker) -> Obj:
@@ -370,15 +372,15 @@ def _text(value: Any) -> str:
 def _http_path(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise ValueError("must start with '/'")
-    if any(ch.isspace() for ch in value):
-        raise ValueError("must not contain spaces (percent-encode them)")
+    if not _PRINTABLE.fullmatch(value):  # a space or line break would rewrite the request line
+        raise ValueError("must be printable ASCII without spaces (percent-encode the rest)")
     return _text(value)
 
 
 def _host_header(value: Any) -> str:
     text = _text(value)
-    if not text or any(ch.isspace() for ch in text):
-        raise ValueError("must be a host name (optionally :port), without spaces")
+    if not _PRINTABLE.fullmatch(text):
+        raise ValueError("must be a host name (optionally :port): printable ASCII without spaces")
     return text
 
 
@@ -425,7 +427,11 @@ def _domain_name(value: Any) -> str:
 def _command(value: Any) -> str | list[str]:
     """A shell-free argument list, or one string the agent splits; either way something to run."""
     if isinstance(value, str):
-        if not value.strip():
+        try:
+            argv = shlex.split(value)  # the agent splits it the same way, without a shell
+        except ValueError as exc:
+            raise ValueError(f"cannot be split into arguments: {exc}") from None
+        if not argv or not argv[0]:
             raise ValueError("must not be empty")
         return _text(value)
     if not isinstance(value, list) or not all(isinstance(arg, str) for arg in value):
