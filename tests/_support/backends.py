@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         body = self.server.name.encode()  # type: ignore[attr-defined]
-        self.send_response(200)
+        self.send_response(self.server.status)  # type: ignore[attr-defined]
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -21,18 +21,32 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class Backend:
-    """One named HTTP server in a thread of the test process."""
+    """One named HTTP server in a thread of the test process; `status` is what it answers with."""
 
     def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.httpd = ThreadingHTTPServer((host, port), _Handler)
-        self.httpd.name = name  # type: ignore[attr-defined]
-        self.name, self.host, self.port = name, host, int(self.httpd.server_address[1])
+        self.name, self.host = name, host
+        self.status = 200
+        self._serve(port)
+
+    def _serve(self, port: int) -> None:
+        self.httpd = ThreadingHTTPServer((self.host, port), _Handler)
+        self.httpd.name = self.name  # type: ignore[attr-defined]
+        self.httpd.status = self.status  # type: ignore[attr-defined]
+        self.port = int(self.httpd.server_address[1])
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
 
+    def answer(self, status: int) -> None:
+        self.status = self.httpd.status = status  # type: ignore[attr-defined]
+
     def close(self) -> None:
+        """Stop listening: connections to the port are refused until `restart`."""
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def restart(self) -> None:
+        """Listen again on the same port."""
+        self._serve(self.port)
 
 
 def fetch(url: str, timeout: float = 5.0) -> str:

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from ipvsmgr_agent.dataplane._model import DestKey, DestSpec, ServiceKey, ServiceSpec, ServiceState, Table
 
 CLONE_NEWNET = 0x40000000
@@ -96,6 +98,17 @@ def _parse_dest(line: str) -> DestSpec:
     tokens = line.split()
     address, port = split_endpoint(tokens[1])
     return DestSpec(DestKey(address, port), int(tokens[3]), _FORWARD_NAMES[tokens[2]])
+
+
+def wait_table(expected: Table, agent: Any, what: str, timeout: float = 60.0) -> None:
+    """Wait until `ipvsadm -Ln` shows exactly `expected`; on timeout show both and the agent's log."""
+    try:
+        wait_for(lambda: ipvsadm_table() == expected, timeout, what, interval=0.2)
+    except TimeoutError:
+        pytest.fail(
+            f"{what}: ipvsadm never matched.\nwanted {expected}\nhave   {ipvsadm_table()}\n"
+            f"agent log (tail):\n{agent.log()[-4000:]}"
+        )
 
 
 def split_endpoint(text: str) -> tuple[str, int]:
@@ -236,12 +249,16 @@ class Netns:
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"line server {name} in {self.name} did not start (exit {proc.poll()})")
 
-    def destroy(self) -> None:
+    def stop_processes(self) -> None:
+        """Kill what this namespace runs (a backend dies: its port refuses connections)."""
         for proc in self.processes:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(timeout=10)
         self.processes.clear()
+
+    def destroy(self) -> None:
+        self.stop_processes()
         sh("ip", "link", "del", self.host_link, check=False)
         sh("ip", "netns", "del", self.name, check=False)
 

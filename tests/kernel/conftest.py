@@ -12,9 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kernel._lab import BACKEND_PORT, Lab, sh
+from kernel._lab import BACKEND_PORT, Lab, sh, wait_for
+
+from _support import processes as p
 
 HERE = Path(__file__).resolve().parent
+STARTUP = 180.0  # python start-up of a server or agent under TCG emulation takes a while
 
 
 @functools.cache
@@ -64,3 +67,30 @@ def lab() -> Iterator[Lab]:
         for i, ns in enumerate(running.servers):
             ns.start_line_server(f"b{i}", BACKEND_PORT)
         yield running
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[tuple[p.Server, p.Process]]:
+    """A single-node control plane and an IPVS agent, both stopped by PID at the end."""
+    server = p.server(tmp_path)
+    agent = p.agent(tmp_path, [server.grpc], "lb1", "ipvs", "--resync-interval", "2")
+    try:
+        # Both start at once: the agent retries until the server listens, and under TCG
+        # each Python start-up takes tens of seconds.
+        server.start()
+        agent.start()
+        try:
+            wait_for(server.ready, STARTUP, "the server to be ready")
+            wait_for(lambda: agent_connected(server), STARTUP, "the agent to connect")
+        except TimeoutError as exc:
+            pytest.fail(f"{exc}\nserver log:\n{server.log()[-3000:]}\nagent log:\n{agent.log()[-3000:]}")
+        yield server, agent
+    finally:
+        agent.stop()
+        server.stop()
+        sh("ip", "link", "del", "ipvsmgr0", check=False)
+
+
+def agent_connected(server: p.Server) -> bool:
+    status, nodes = server.request("GET", "/v1/nodes")
+    return status == 200 and any(n["id"] == "lb1" and n["connected"] for n in nodes["items"])

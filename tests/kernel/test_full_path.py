@@ -7,11 +7,8 @@ tens of seconds; every phase says what it checks in its assertion messages.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
-from kernel._lab import BACKEND_PORT, Lab, LineClient, ipvsadm_table, service, sh, wait_for
+from kernel._lab import BACKEND_PORT, Lab, LineClient, ipvsadm_table, service, sh, wait_for, wait_table
 
 from ipvsmgr_agent.dataplane._model import DestKey, DestSpec, ServiceKey, Table
 
@@ -20,51 +17,12 @@ from _support import processes as p
 VIP, PORT = "10.77.0.20", 8080
 KEY = ServiceKey("tcp", VIP, PORT)
 FOREIGN = ServiceKey("tcp", "10.9.9.9", 80)
-STARTUP = 180.0  # python start-up of a server or agent under TCG emulation takes a while
 CONVERGE = 60.0
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[p.Server, p.Process]]:
-    """A single-node control plane and an IPVS agent, both stopped by PID at the end."""
-    server = p.server(tmp_path)
-    agent = p.agent(tmp_path, [server.grpc], "lb1", "ipvs", "--resync-interval", "2")
-    try:
-        # Both start at once: the agent retries until the server listens, and under TCG
-        # each Python start-up takes tens of seconds.
-        server.start()
-        agent.start()
-        try:
-            wait_for(server.ready, STARTUP, "the server to be ready")
-            wait_for(lambda: agent_connected(server), STARTUP, "the agent to connect")
-        except TimeoutError as exc:
-            pytest.fail(f"{exc}\nserver log:\n{server.log()[-3000:]}\nagent log:\n{agent.log()[-3000:]}")
-        yield server, agent
-    finally:
-        agent.stop()
-        server.stop()
-        sh("ip", "link", "del", "ipvsmgr0", check=False)
-
-
-def agent_connected(server: p.Server) -> bool:
-    status, nodes = server.request("GET", "/v1/nodes")
-    return status == 200 and any(n["id"] == "lb1" and n["connected"] for n in nodes["items"])
 
 
 def web(lab: Lab, weights: list[int], scheduler: str) -> Table:
     dests = [DestSpec(DestKey(ns.address, BACKEND_PORT), w, "nat") for ns, w in zip(lab.servers, weights, strict=True)]
     return {KEY: service(KEY, scheduler, dests)}
-
-
-def wait_table(expected: Table, agent: p.Process, what: str, timeout: float = CONVERGE) -> None:
-    """Wait until `ipvsadm -Ln` shows exactly `expected`; on timeout show both and the agent's log."""
-    try:
-        wait_for(lambda: ipvsadm_table() == expected, timeout, what, interval=0.2)
-    except TimeoutError:
-        pytest.fail(
-            f"{what}: ipvsadm never matched.\nwanted {expected}\nhave   {ipvsadm_table()}\n"
-            f"agent log (tail):\n{agent.log()[-4000:]}"
-        )
 
 
 def patch(server: p.Server, path: str, body: dict[str, object]) -> None:

@@ -26,6 +26,7 @@ from ._state import OwnedStore, StateCache, StateFileError
 from ._stream import ChannelFactory, WatchClient, default_channel
 from .dataplane import ServiceKey
 from .dataplane._select import Selection
+from .health import CheckResult, CheckSpec, HealthMetrics, HealthMonitor
 
 
 class Agent:
@@ -44,7 +45,10 @@ class Agent:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         self.selection = selection
-        self.model = DesiredModel(config.node_id)
+        self.health = HealthMonitor(self._on_health, HealthMetrics(self.metrics.registry))
+        self.model = DesiredModel(config.node_id, self.health)
+        self._health_keys: set[ServiceKey] = set()
+        self._health_wake = asyncio.Event()
         self.has_state = False
         self._applied = 0
         self.errors: list[str] = []
@@ -62,7 +66,7 @@ class Agent:
             backoff=backoff,
             on_connect=self._on_connect,
         )
-        self.reporter = Reporter(self.stream, self.metrics)
+        self.reporter = Reporter(self.stream, self.metrics, health_picture=self.model.health_report)
         self.metrics_server = _metrics_server(config, self.metrics, self.status)
         self._cache_delay = cache_delay
         self._cache_dirty = asyncio.Event()
@@ -79,7 +83,8 @@ class Agent:
         try:
             await self.start()
             await _until_stopped(
-                stop, [self.stream.run(), self.reporter.run(), self._resync_loop(), self._cache_loop()]
+                stop,
+                [self.stream.run(), self.reporter.run(), self._resync_loop(), self._cache_loop(), self._health_loop()],
             )
         finally:
             await self.close()
@@ -101,6 +106,7 @@ class Agent:
 
     async def close(self) -> None:
         """Persist the state and release resources, leaving IPVS rules and addresses in place."""
+        await self.health.close()
         await self._write_cache()
         if self.metrics_server is not None:
             await self.metrics_server.close()
@@ -178,6 +184,24 @@ class Agent:
         self._cache_dirty.set()
         self.reporter.submit(self._report())
         log.debug("applied", errors=len(self.errors))
+
+    def _on_health(self, spec: CheckSpec, result: CheckResult) -> None:
+        """A check changed its verdict: change the dataplane at once, then report it."""
+        self._health_keys |= self.model.health_changed(spec)
+        self._health_wake.set()
+        self.reporter.note_health(self.model.health_report(spec))
+        state = "up" if result.healthy else "down"
+        self._log.info("backend health", target=f"{spec.kind}://{spec.address}:{spec.port}", state=state,
+                       reason=result.reason)  # fmt: skip
+
+    async def _health_loop(self) -> None:
+        """Apply health transitions as they come; a burst of them costs one reconcile."""
+        while True:
+            await self._health_wake.wait()
+            self._health_wake.clear()
+            keys, self._health_keys = self._health_keys, set()
+            if keys:
+                await self._apply(keys, self._log.bind(revision=self.model.revision, source="health"))
 
     def _report(self) -> v1.ReportRequest:
         return v1.ReportRequest(

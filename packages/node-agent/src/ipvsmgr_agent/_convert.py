@@ -6,7 +6,8 @@ Kept pure so that what the kernel should hold for a given service can be tested 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import betterproto
 
@@ -21,6 +22,18 @@ DEFAULT_FORWARDING = "nat"
 
 class ConversionError(ValueError):
     """A desired object the agent cannot express in the dataplane; reported, never fatal."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What this node's health check says of one backend; `weight` overrides the configured one."""
+
+    healthy: bool
+    weight: int | None = None
+
+
+HealthLookup = Callable[[v1.Backend], Verdict]
+"""The verdict on a backend of a service that has a health check."""
 
 
 def service_key(svc: v1.Service) -> ServiceKey:
@@ -49,13 +62,42 @@ def _address(text: str, what: str) -> str:
         raise ConversionError(f"{what}: {text!r} is not an IP address") from None
 
 
-def service_state(svc: v1.Service) -> ServiceState:
-    """The whole desired kernel state of one service (its spec and real servers)."""
+def service_state(svc: v1.Service, health: HealthLookup | None = None) -> ServiceState:
+    """The whole desired kernel state of one service (its spec and real servers).
+
+    With `health`, a failed backend of a checked service is drained (weight 0) or left out,
+    as its `on_backend_failure` says; without it, backends are taken as configured.
+    """
     key = service_key(svc)
     spec = ServiceSpec(key, (svc.scheduler or DEFAULT_SCHEDULER).lower(), *_persistence(svc, key.family))
     default_forwarding = _forwarding(svc.forwarding, DEFAULT_FORWARDING, svc.name)
-    dests = _dests(svc, default_forwarding)
+    dests = _dests(svc, default_forwarding, _verdicts(svc, health))
     return ServiceState(spec, {d.key: d for d in dests})
+
+
+def has_health_check(svc: v1.Service) -> bool:
+    return betterproto.serialized_on_wire(svc.health_check) and bool(svc.health_check.type)
+
+
+def announced(svc: v1.Service, health: HealthLookup | None = None) -> bool:
+    """Whether this node offers the service at all: its `quorum` of healthy backends is met."""
+    if not svc.quorum:
+        return True
+    verdicts = _verdicts(svc, health)
+    return sum(1 for i, b in enumerate(svc.backends) if _serving(b, verdicts, i)) >= svc.quorum
+
+
+def _verdicts(svc: v1.Service, health: HealthLookup | None) -> dict[int, Verdict]:
+    """Verdicts by backend position; empty when the service is not checked (all taken as healthy)."""
+    if health is None or not has_health_check(svc):
+        return {}
+    return {i: health(b) for i, b in enumerate(svc.backends) if _state(b) != "disabled"}
+
+
+def _serving(b: v1.Backend, verdicts: dict[int, Verdict], index: int) -> bool:
+    """Enabled by the operator and, when checked, healthy."""
+    verdict = verdicts.get(index)
+    return _state(b) == "enabled" and (verdict is None or verdict.healthy)
 
 
 def _persistence(svc: v1.Service, family: int) -> tuple[int, str]:
@@ -95,10 +137,18 @@ def _forwarding(text: str, default: str, service: str) -> str:
     return method
 
 
-def _dests(svc: v1.Service, default_forwarding: str) -> list[DestSpec]:
-    """Enabled and draining backends (draining at weight 0); the sorry backend if none is enabled."""
-    dests = _unique([_dest(b, svc.name, default_forwarding) for b in svc.backends if _state(b) != "disabled"], svc.name)
-    if not any(_state(b) == "enabled" for b in svc.backends) and _has_sorry_backend(svc):
+def _dests(svc: v1.Service, default_forwarding: str, verdicts: dict[int, Verdict]) -> list[DestSpec]:
+    """Enabled and draining backends (draining or failed at weight 0, or failed and removed);
+    the sorry backend if none is serving. The operator's state wins over health."""
+    remove_failed = (svc.on_backend_failure or "drain").lower() == "remove"
+    dests = []
+    for i, b in enumerate(svc.backends):
+        verdict = verdicts.get(i)
+        if _state(b) == "disabled" or (remove_failed and verdict is not None and not verdict.healthy):
+            continue
+        dests.append(_dest(b, svc.name, default_forwarding, verdict))
+    dests = _unique(dests, svc.name)
+    if not any(_serving(b, verdicts, i) for i, b in enumerate(svc.backends)) and _has_sorry_backend(svc):
         sorry = _dest(svc.sorry_backend, svc.name, default_forwarding)
         sorry = DestSpec(sorry.key, svc.sorry_backend.weight or 1, sorry.forwarding)
         dests = [d for d in dests if d.key != sorry.key] + [sorry]
@@ -113,11 +163,13 @@ def _has_sorry_backend(svc: v1.Service) -> bool:
     return betterproto.serialized_on_wire(svc.sorry_backend) and bool(svc.sorry_backend.address)
 
 
-def _dest(b: v1.Backend, service: str, default_forwarding: str) -> DestSpec:
+def _dest(b: v1.Backend, service: str, default_forwarding: str, verdict: Verdict | None = None) -> DestSpec:
     address = _address(b.address, f"service {service!r} backend")
     if not 0 <= b.port <= 65535:
         raise ConversionError(f"service {service!r}: backend port {b.port} is not 0-65535")
-    weight = 0 if _state(b) == "draining" else b.weight
+    weight = b.weight if verdict is None or verdict.weight is None else verdict.weight
+    if _state(b) == "draining" or (verdict is not None and not verdict.healthy):
+        weight = 0
     return DestSpec(DestKey(address, b.port), weight, _forwarding(b.forwarding, default_forwarding, service))
 
 
