@@ -31,7 +31,7 @@ def test_a_failed_backend_shows_weight_0_and_its_weight_again_after_rising(
         "port": PORT,
         "protocol": "tcp",
         "scheduler": "wrr",
-        "health_check": {"type": "tcp", "interval": 0.5, "timeout": 1.0, "rise": 2, "fall": 2},
+        "health_check": {"type": "tcp", "interval": 1.0, "timeout": 1.0, "rise": 2, "fall": 2},
         "backends": [
             {"address": b0, "port": BACKEND_PORT, "weight": 3},
             {"address": b1, "port": BACKEND_PORT, "weight": 2},
