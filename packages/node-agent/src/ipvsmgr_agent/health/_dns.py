@@ -5,7 +5,6 @@ A resolver library would be a new dependency for a dozen lines of RFC 1035 heade
 
 from __future__ import annotations
 
-import asyncio
 import random
 import struct
 from dataclasses import dataclass
@@ -86,7 +85,7 @@ class DnsProbe(DatagramProbe):
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        context: ProbeContext,
         family: int,
         address: tuple[str, int],
         question: tuple[str, int],
@@ -96,7 +95,7 @@ class DnsProbe(DatagramProbe):
         self._ident = random.getrandbits(16)  # replies with another id are strays or spoofs
         self._name, self._qtype = question
         self._want = want
-        super().__init__(loop, family, address, encode_query(self._ident, self._name, self._qtype), done)
+        super().__init__(context, family, address, encode_query(self._ident, self._name, self._qtype), done)
 
     def _on_datagram(self, data: bytes) -> None:
         try:
@@ -117,9 +116,8 @@ def prepare_dns(spec: CheckSpec, context: ProbeContext) -> Starter:
     family, address = target(spec.address, spec.port)
     question = (spec.param("query"), DNS_TYPES[spec.param("query_type", "A")])
     want = DNS_RCODES[spec.param("expect_rcode", "NOERROR")]
-    loop = context.loop
 
     def start(done: Done) -> DnsProbe:
-        return DnsProbe(loop, family, address, question, want, done)
+        return DnsProbe(context, family, address, question, want, done)
 
     return start

@@ -7,7 +7,6 @@ ssl.MemoryBIO on the same socket, so HTTPS probes stay callbacks too.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import socket
 import ssl
@@ -85,8 +84,8 @@ class HttpProbe(SocketProbe):
     _tls_in: ssl.MemoryBIO  # set only for HTTPS, when the TCP connection is up
     _tls_out: ssl.MemoryBIO
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, check: HttpCheck, done: Done) -> None:
-        super().__init__(loop, check.family, socket.SOCK_STREAM, done)
+    def __init__(self, context: ProbeContext, check: HttpCheck, done: Done) -> None:
+        super().__init__(context, check.family, socket.SOCK_STREAM, done)
         self._check = check
         self._connected = False
         self._out = b""
@@ -294,9 +293,8 @@ def http_check(spec: CheckSpec, context: ProbeContext) -> HttpCheck:
 
 def prepare_http(spec: CheckSpec, context: ProbeContext) -> Starter:
     check = http_check(spec, context)
-    loop = context.loop
 
     def start(done: Done) -> HttpProbe:
-        return HttpProbe(loop, check, done)
+        return HttpProbe(context, check, done)
 
     return start

@@ -220,7 +220,8 @@ class HealthMonitor:
     @property
     def wheel(self) -> TimerWheel:
         if self._wheel is None:
-            self._wheel = TimerWheel(self.loop)
+            # Replies already waiting are read before any deadline is judged, even when the loop runs late.
+            self._wheel = TimerWheel(self.loop, self._probe_context().poller.dispatch)
         return self._wheel
 
     def acquire(self, spec: CheckSpec) -> None:
@@ -271,8 +272,11 @@ class HealthMonitor:
         if self._wheel is not None:
             self._wheel.close()
             self._wheel = None
-        if self._context is not None and self._context.tasks:
-            await asyncio.gather(*self._context.tasks, return_exceptions=True)
+        context, self._context = self._context, None
+        if context is not None:
+            if context.tasks:
+                await asyncio.gather(*context.tasks, return_exceptions=True)
+            context.close()
 
     def changed(self, check: _Check, to: str | None) -> None:
         """A transition (`to` is "up" or "down") or a new weight while up: count it and tell the owner."""

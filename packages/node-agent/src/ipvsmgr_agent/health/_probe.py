@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import select
 import socket
 import ssl
 import struct
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 # (passed, reason, weight); called at most once, never synchronously from the probe's constructor.
 Done = Callable[[bool, str, "int | None"], None]
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s
+_BATCH = 1024
 
 
 class Probe(Protocol):
@@ -28,11 +30,52 @@ class Probe(Protocol):
 Starter = Callable[[Done], Probe]
 
 
+class Poller:
+    """One epoll set for every probe socket, seen by the loop as a single reader.
+
+    asyncio's add_reader/add_writer allocate a handle and a selector key per call; here watching a
+    socket is one epoll_ctl and a dict entry, which matters at tens of thousands of sockets a second.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._epoll = select.epoll()
+        self._probes: dict[int, SocketProbe] = {}
+        loop.add_reader(self._epoll.fileno(), self.dispatch)
+
+    def watch(self, fd: int, probe: SocketProbe, events: int, registered: bool) -> None:
+        if not registered:
+            self._epoll.register(fd, events)
+            self._probes[fd] = probe
+        elif events:
+            self._epoll.modify(fd, events)
+        else:
+            self._epoll.unregister(fd)
+            del self._probes[fd]
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._epoll.fileno())
+        self._epoll.close()
+
+    def dispatch(self) -> None:
+        """Run the callbacks of every ready socket; also called before timers fire, to judge replies first."""
+        # Drain in capped batches: events left in our epoll would wait a whole loop turn otherwise.
+        while True:
+            ready = self._epoll.poll(0, _BATCH)
+            for fd, events in ready:
+                probe = self._probes.get(fd)
+                if probe is not None:
+                    probe.on_events(events)
+            if len(ready) < _BATCH:
+                return
+
+
 class ProbeContext:
-    """Shared by all probes of one monitor: the loop, TLS contexts built once, and tasks to await on close."""
+    """Shared by all probes of one monitor: loop, poller, TLS contexts built once, tasks to await on close."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.poller = Poller(loop)
         self.tasks: set[asyncio.Task[None]] = set()
         self._tls: dict[bool, ssl.SSLContext] = {}
 
@@ -53,6 +96,9 @@ class ProbeContext:
         task.add_done_callback(self.tasks.discard)
         return task
 
+    def close(self) -> None:
+        self.poller.close()
+
 
 def error_reason(code: int) -> str:
     """errno in the words operators know from curl and nc: "connection refused", "no route to host"."""
@@ -64,16 +110,23 @@ def target(address: str, port: int) -> tuple[int, tuple[str, int]]:
     return family, (address, port)
 
 
+_READ = select.EPOLLIN
+_WRITE = select.EPOLLOUT
+# Errors and hang-ups wake whichever side is watched; its recv/send/SO_ERROR then tells what happened.
+_READ_WAKE = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
+_WRITE_WAKE = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
+
+
 class SocketProbe:
-    """One non-blocking socket watched with add_reader/add_writer; subclasses react to readiness."""
+    """One non-blocking socket in the monitor's poller; subclasses react to readability and writability."""
 
-    __slots__ = ("_done", "_finished", "_loop", "_reading", "_sock", "_stream", "_writing")
+    __slots__ = ("_context", "_done", "_events", "_finished", "_sock", "_stream")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, family: int, kind: int, done: Done) -> None:
-        self._loop = loop
+    def __init__(self, context: ProbeContext, family: int, kind: int, done: Done) -> None:
+        self._context = context
         self._done = done
         self._finished = False
-        self._reading = self._writing = False
+        self._events = 0
         self._stream = kind == socket.SOCK_STREAM
         self._sock = socket.socket(family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
 
@@ -81,6 +134,12 @@ class SocketProbe:
         if not self._finished:
             self._finished = True
             self._close()
+
+    def on_events(self, events: int) -> None:
+        if events & _WRITE_WAKE and self._events & _WRITE:
+            self._on_writable()
+        if events & _READ_WAKE and self._events & _READ and not self._finished:
+            self._on_readable()
 
     def _finish(self, passed: bool, reason: str, weight: int | None = None) -> None:
         if not self._finished:
@@ -90,13 +149,13 @@ class SocketProbe:
 
     def _fail_soon(self, reason: str) -> None:
         """Failing inside the constructor would call done before the monitor knows the probe exists."""
-        self._loop.call_soon(self._finish, False, reason)
+        self._context.loop.call_soon(self._finish, False, reason)
 
     def _connect(self, address: tuple[str, int]) -> bool:
         """Start connecting; True when a writable callback will follow."""
         code = self._sock.connect_ex(address)
         if code in (0, errno.EINPROGRESS):
-            self._watch_write(True)
+            self._watch(_WRITE)
             return True
         self._fail_soon(error_reason(code))
         return False
@@ -110,25 +169,22 @@ class SocketProbe:
     def _on_writable(self) -> None:
         raise NotImplementedError
 
+    def _watch(self, events: int) -> None:
+        """Watch for exactly `events` (_READ, _WRITE, both, or 0 for nothing)."""
+        if events != self._events:
+            self._context.poller.watch(self._sock.fileno(), self, events, self._events != 0)
+            self._events = events
+
     def _watch_read(self, on: bool) -> None:
-        if on != self._reading:
-            self._reading = on
-            if on:
-                self._loop.add_reader(self._sock.fileno(), self._on_readable)
-            else:
-                self._loop.remove_reader(self._sock.fileno())
+        self._watch(self._events | _READ if on else self._events & ~_READ)
 
     def _watch_write(self, on: bool) -> None:
-        if on != self._writing:
-            self._writing = on
-            if on:
-                self._loop.add_writer(self._sock.fileno(), self._on_writable)
-            else:
-                self._loop.remove_writer(self._sock.fileno())
+        self._watch(self._events | _WRITE if on else self._events & ~_WRITE)
 
     def _close(self) -> None:
-        self._watch_read(False)
-        self._watch_write(False)
+        # Unregistered before the close: a script forked meanwhile could keep the socket, and its epoll
+        # entry, alive past our close.
+        self._watch(0)
         if self._stream:
             # A reset instead of FIN leaves no TIME_WAIT behind: 10,000 checks a second would otherwise
             # hold hundreds of thousands of them.

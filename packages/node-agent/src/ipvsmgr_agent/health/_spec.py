@@ -203,10 +203,10 @@ def _type_params(kind: str, given: dict[str, Any]) -> tuple[tuple[str, Any], ...
     for name in given:
         if name not in fields:
             known = ", ".join(["address", "port", *fields])
-            raise _fail(name, f"is not a field of a {kind} check (known: {known})")
+            raise _fail(name, f"is not a field of {kind} checks (known: {known})")
     for name in _REQUIRED.get(kind, ()):
         if name not in given:
-            raise _fail(name, f"is required for a {kind} check")
+            raise _fail(name, f"is required for {kind} checks")
     out = {name: parse(name, given[name]) if name in given else default for name, (parse, default) in fields.items()}
     return tuple(sorted((name, value) for name, value in out.items() if value is not None))
 
@@ -222,7 +222,7 @@ def _port(field: str, value: Any, kind: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
         raise HealthSpecError(f"{field}: {value!r} is not a port number")
     if value == 0 and kind != "script":
-        raise HealthSpecError(f"{field}: a {kind} check needs a port (the backend has none; set health_check.port)")
+        raise HealthSpecError(f"{field}: {kind} checks need a port (the backend has none; set health_check.port)")
     return value
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 
 from ._probe import Done, ProbeContext, SocketProbe, Starter, error_reason, target
@@ -12,8 +11,8 @@ from ._spec import CheckSpec
 class TcpProbe(SocketProbe):
     __slots__ = ()
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, family: int, address: tuple[str, int], done: Done) -> None:
-        super().__init__(loop, family, socket.SOCK_STREAM, done)
+    def __init__(self, context: ProbeContext, family: int, address: tuple[str, int], done: Done) -> None:
+        super().__init__(context, family, socket.SOCK_STREAM, done)
         self._connect(address)
 
     def _on_writable(self) -> None:
@@ -26,9 +25,8 @@ class TcpProbe(SocketProbe):
 
 def prepare_tcp(spec: CheckSpec, context: ProbeContext) -> Starter:
     family, address = target(spec.address, spec.port)
-    loop = context.loop
 
     def start(done: Done) -> TcpProbe:
-        return TcpProbe(loop, family, address, done)
+        return TcpProbe(context, family, address, done)
 
     return start

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 
 from ._probe import Done, ProbeContext, SocketProbe, Starter, error_reason, target
@@ -15,9 +14,9 @@ class DatagramProbe(SocketProbe):
     __slots__ = ()
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, family: int, address: tuple[str, int], payload: bytes, done: Done
+        self, context: ProbeContext, family: int, address: tuple[str, int], payload: bytes, done: Done
     ) -> None:
-        super().__init__(loop, family, socket.SOCK_DGRAM, done)
+        super().__init__(context, family, socket.SOCK_DGRAM, done)
         try:
             self._sock.connect(address)
             self._sock.send(payload)
@@ -48,7 +47,7 @@ class UdpProbe(DatagramProbe):
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        context: ProbeContext,
         family: int,
         address: tuple[str, int],
         payload: bytes,
@@ -56,7 +55,7 @@ class UdpProbe(DatagramProbe):
         done: Done,
     ) -> None:
         self._expect = expect
-        super().__init__(loop, family, address, payload, done)
+        super().__init__(context, family, address, payload, done)
 
     def _on_datagram(self, data: bytes) -> None:
         if self._expect is None:
@@ -72,9 +71,8 @@ def prepare_udp(spec: CheckSpec, context: ProbeContext) -> Starter:
     payload = spec.param("payload", "").encode()
     expect_text = spec.param("expect")
     expect = expect_text.encode() if expect_text is not None else None
-    loop = context.loop
 
     def start(done: Done) -> UdpProbe:
-        return UdpProbe(loop, family, address, payload, expect, done)
+        return UdpProbe(context, family, address, payload, expect, done)
 
     return start

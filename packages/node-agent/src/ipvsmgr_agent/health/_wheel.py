@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 import structlog
 
 RESOLUTION = 0.001  # seconds; a timer fires up to this much late, never early
+BUDGET = 0.005  # seconds of firing per loop turn; the rest waits a turn behind the sockets' callbacks
 _log = structlog.get_logger("ipvsmgr_agent.health")
 
 
@@ -25,8 +27,9 @@ class Timed(Protocol):
 
 
 class TimerWheel:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, before_fire: Callable[[], None] | None = None) -> None:
         self._loop = loop
+        self._before_fire = before_fire
         self._slots: dict[int, list[Timed]] = {}
         self._order: list[int] = []  # heap of the busy slots; plain ints compare in C
         self._handle: asyncio.TimerHandle | None = None
@@ -60,18 +63,37 @@ class TimerWheel:
 
     def _fire(self) -> None:
         self._handle = None
-        limit = max(self._armed, math.floor(self._loop.time() / RESOLUTION))
+        if self._before_fire is not None:
+            self._before_fire()
+        now = self._loop.time()
+        limit = max(self._armed, math.floor(now / RESOLUTION))
         self._floor = limit + 1
         try:
-            while self._order and self._order[0] <= limit:
-                slot = heapq.heappop(self._order)
-                for item in self._slots.pop(slot):
-                    if item.due == slot:
-                        self._fire_one(item)
+            self._fire_until(limit, now + BUDGET)
         finally:
             self._floor = -1
             if self._order:
                 self._arm(self._order[0])
+
+    def _fire_until(self, limit: int, stop: float) -> None:
+        """Fire due slots, but hand the loop back when over budget so that replies are read in time."""
+        fired = 0
+        while self._order and self._order[0] <= limit:
+            slot = heapq.heappop(self._order)
+            items = self._slots.pop(slot)
+            for index, item in enumerate(items):
+                if item.due == slot:
+                    self._fire_one(item)
+                fired += 1
+                if fired % 64 == 0 and self._loop.time() > stop:
+                    self._requeue(slot, items[index + 1 :])
+                    return
+
+    def _requeue(self, slot: int, rest: list[Timed]) -> None:
+        # Nothing else can be in this slot: items scheduled while firing go after the fired range.
+        if rest:
+            self._slots[slot] = rest
+            heapq.heappush(self._order, slot)
 
     @staticmethod
     def _fire_one(item: Timed) -> None:

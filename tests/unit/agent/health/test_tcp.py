@@ -1,0 +1,70 @@
+"""TCP checks against a real loopback listener that is closed to simulate a dead backend."""
+
+from __future__ import annotations
+
+import asyncio
+
+from unit.agent.health._loopback import Harness, TcpServer, free_port
+
+
+async def test_an_unchecked_target_is_down_until_its_first_pass(harness: Harness) -> None:
+    server = TcpServer()
+    server.port = free_port()
+    s = harness.start("tcp", server.port, fall=1)
+    await asyncio.sleep(0.2)  # several refused probes
+    assert harness.changes == []
+    assert harness.monitor.result(s) is None
+    assert not harness.monitor.is_healthy(s)
+    await server.open()
+    try:
+        up = await harness.state(s, True)
+        assert up.reason == "connected"
+        assert harness.monitor.is_healthy(s)
+        assert len(harness.changes) == 1
+    finally:
+        await server.close()
+
+
+async def test_a_closed_listener_falls_and_a_reopened_one_rises(harness: Harness, tcp_server: TcpServer) -> None:
+    s = harness.start("tcp", tcp_server.port, fall=2, rise=2)
+    await harness.state(s, True)
+    await tcp_server.close()
+    down = await harness.state(s, False)
+    assert down.reason == "connection refused"
+    assert down.latency < 0.5
+    await tcp_server.open()  # same port
+    await harness.until(lambda: len(harness.of(s)) == 3, "up again")
+    assert harness.of(s)[2].healthy
+
+
+async def test_two_acquires_of_one_target_probe_it_once(harness: Harness, tcp_server: TcpServer) -> None:
+    interval = 0.1
+    first = harness.spec("tcp", tcp_server.port, interval=interval)
+    second = harness.spec("tcp", tcp_server.port, interval=interval)  # another service, same backend
+    harness.monitor.acquire(first)
+    harness.monitor.acquire(second)
+    await harness.state(first, True)
+    start = tcp_server.connections
+    await asyncio.sleep(1.0)
+    # One probe per interval (10 in a second), not two: allow for a late or early timer either side.
+    assert 7 <= tcp_server.connections - start <= 12
+    assert harness.monitor.is_healthy(second)
+
+
+async def test_release_stops_probing(harness: Harness, tcp_server: TcpServer) -> None:
+    s = harness.start("tcp", tcp_server.port)
+    await harness.state(s, True)
+    harness.monitor.release(s)
+    await asyncio.sleep(0.05)  # a connection accepted just before the release
+    stopped = tcp_server.connections
+    await asyncio.sleep(0.3)
+    assert tcp_server.connections == stopped
+    assert harness.monitor.result(s) is None
+
+
+async def test_the_check_port_and_address_override_the_backend(harness: Harness, tcp_server: TcpServer) -> None:
+    dead = free_port()
+    overridden = harness.spec("tcp", dead, backend="127.0.0.2", address="127.0.0.1", port=tcp_server.port)
+    assert (overridden.address, overridden.port) == ("127.0.0.1", tcp_server.port)
+    harness.monitor.acquire(overridden)
+    assert (await harness.state(overridden, True)).reason == "connected"
