@@ -135,7 +135,7 @@ async def test_losing_two_of_three_fires_on_lost_at_the_deadline(
     await wait_for(lambda: "lost" in edges.kinds(), 3.0)
     _, fired_at, deadline = edges.events[-1]
     assert deadline is not None
-    assert 0 <= fired_at - deadline < 0.05  # a timer at the deadline, not a poll
+    assert 0 <= fired_at - deadline < 0.1  # a timer at the deadline, not a poll
     assert stopped - agent.interval - 0.05 < deadline - 0.8 <= stopped  # the last keep-alive they answered
     assert not agent.held()
     servers[1].answering.set()

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import structlog
 from grpclib import GRPCError
@@ -118,29 +119,27 @@ class KeepAliver:
     async def _session(self, server: Endpoint) -> bool:
         """One connection and stream to `server`; True if it answered at least once."""
         channel = self._channel_factory(server)
-        sent: dict[int, float] = {}  # seq -> loop time it was sent, for this stream only
-        answered = [0]
+        session = _Session(server)
         try:
             async with channel.request(
                 KEEPALIVE_METHOD, Cardinality.STREAM_STREAM, v1.KeepAliveRequest, v1.KeepAliveResponse
             ) as stream:
                 async with asyncio.timeout(self._connect_timeout):
                     await stream.send_request()
-                await self._exchange(server, stream, sent, answered)
+                await self._exchange(session, stream)
             log.info("keep-alive stream ended by the server", server=str(server))
         except _EXPECTED as exc:
-            (log.warning if answered[0] else log.debug)("keep-alive stream failed", server=str(server), error=_why(exc))
+            loud = log.warning if session.answered else log.debug  # quiet while a server stays down
+            loud("keep-alive stream failed", server=str(server), error=_why(exc))
         finally:
             channel.close()
-        return answered[0] > 0
+        return session.answered > 0
 
-    async def _exchange(
-        self, server: Endpoint, stream: KeepAliveStream, sent: dict[int, float], answered: list[int]
-    ) -> None:
+    async def _exchange(self, session: _Session, stream: KeepAliveStream) -> None:
         """Send and receive concurrently until either side stops; the first error ends the stream."""
         tasks = [
-            asyncio.create_task(self._send_loop(stream, sent)),
-            asyncio.create_task(self._receive_loop(server, stream, sent, answered)),
+            asyncio.create_task(self._send_loop(session, stream)),
+            asyncio.create_task(self._receive_loop(session, stream)),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -151,13 +150,13 @@ class KeepAliver:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _send_loop(self, stream: KeepAliveStream, sent: dict[int, float]) -> None:
+    async def _send_loop(self, session: _Session, stream: KeepAliveStream) -> None:
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
-            _forget_older_than(sent, now - 2 * (self._server_ttl or self.lease.ttl))
+            session.forget_older_than(now - 2 * (self._server_ttl or self.lease.ttl))
             seq = next(self._seq)
-            sent[seq] = now
+            session.sent[seq] = now
             await stream.send_message(v1.KeepAliveRequest(node_id=self.node_id, seq=seq))
             await self._pause(now)
 
@@ -170,19 +169,17 @@ class KeepAliver:
                 async with asyncio.timeout(left):
                     await retimed.wait()
 
-    async def _receive_loop(
-        self, server: Endpoint, stream: KeepAliveStream, sent: dict[int, float], answered: list[int]
-    ) -> None:
+    async def _receive_loop(self, session: _Session, stream: KeepAliveStream) -> None:
         """Take answers until the stream ends or goes silent for a whole TTL (then it is reopened)."""
         while True:
             async with asyncio.timeout(max(self._server_ttl or self.lease.ttl, 2 * self.interval)):
                 response = await stream.recv_message()
             if response is None:
                 return
-            sent_at = sent.pop(response.seq, None)
+            sent_at = session.sent.pop(response.seq, None)
             if sent_at is not None:  # else: not sent on this stream, or answered already
-                answered[0] += 1
-                self._acked(server, response, sent_at)
+                session.answered += 1
+                self._acked(session.server, response, sent_at)
 
     def _acked(self, server: Endpoint, response: v1.KeepAliveResponse, sent_at: float) -> None:
         name = self._learn(server, response.server)
@@ -240,10 +237,18 @@ class KeepAliver:
             self._timer = None
 
 
-def _forget_older_than(sent: dict[int, float], cutoff: float) -> None:
-    """Drop send times whose answer could no longer extend the lease, so an unanswering server costs no memory."""
-    for seq in [s for s, at in sent.items() if at < cutoff]:
-        del sent[seq]
+@dataclass
+class _Session:
+    """One stream's bookkeeping: send times by seq (seqs are never matched across streams)."""
+
+    server: Endpoint
+    sent: dict[int, float] = field(default_factory=dict)
+    answered: int = 0
+
+    def forget_older_than(self, cutoff: float) -> None:
+        """Drop send times whose answer could no longer extend the lease: a silent server costs no memory."""
+        for seq in [seq for seq, at in self.sent.items() if at < cutoff]:
+            del self.sent[seq]
 
 
 def _why(exc: BaseException) -> str:
