@@ -85,8 +85,13 @@ class KeepAliver:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
+    def ttl(self) -> float:
+        """The TTL in force: the shortest one a server announced, else the configured one."""
+        return self._server_ttl or self.lease.ttl
+
+    @property
     def interval(self) -> float:
-        return self._interval or (self._server_ttl or self.lease.ttl) / 3
+        return self._interval or self.ttl / 3
 
     def held(self) -> bool:
         """The lease holds right now, by the loop's clock."""
@@ -154,7 +159,7 @@ class KeepAliver:
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
-            session.forget_older_than(now - 2 * (self._server_ttl or self.lease.ttl))
+            session.forget_older_than(now - 2 * self.ttl)
             seq = next(self._seq)
             session.sent[seq] = now
             await stream.send_message(v1.KeepAliveRequest(node_id=self.node_id, seq=seq))
@@ -172,7 +177,7 @@ class KeepAliver:
     async def _receive_loop(self, session: _Session, stream: KeepAliveStream) -> None:
         """Take answers until the stream ends or goes silent for a whole TTL (then it is reopened)."""
         while True:
-            async with asyncio.timeout(max(self._server_ttl or self.lease.ttl, 2 * self.interval)):
+            async with asyncio.timeout(max(self.ttl, 2 * self.interval)):
                 response = await stream.recv_message()
             if response is None:
                 return
