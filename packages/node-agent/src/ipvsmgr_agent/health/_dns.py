@@ -81,7 +81,7 @@ def rcode_name(rcode: int) -> str:
 
 
 class DnsProbe(DatagramProbe):
-    __slots__ = ("_ident", "_name", "_qtype", "_want")
+    __slots__ = ("_ident", "_name", "_qtype", "_rcode")
 
     def __init__(
         self,
@@ -94,7 +94,7 @@ class DnsProbe(DatagramProbe):
     ) -> None:
         self._ident = random.getrandbits(16)  # replies with another id are strays or spoofs
         self._name, self._qtype = question
-        self._want = want
+        self._rcode = want
         super().__init__(context, family, address, encode_query(self._ident, self._name, self._qtype), done)
 
     def _on_datagram(self, data: bytes) -> None:
@@ -106,8 +106,8 @@ class DnsProbe(DatagramProbe):
         if reply.ident != self._ident or reply.name != self._name or reply.qtype != self._qtype:
             return  # not the answer to this query: keep waiting until the timeout
         words = f"rcode {rcode_name(reply.rcode)}"
-        if reply.rcode != self._want:
-            self._finish(False, f"{words} (expected {rcode_name(self._want)})")
+        if reply.rcode != self._rcode:
+            self._finish(False, f"{words} (expected {rcode_name(self._rcode)})")
         else:
             self._finish(True, f"{words}, {reply.answers} answer{'' if reply.answers == 1 else 's'}")
 

@@ -12,7 +12,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from ._probe import Done, ProbeContext, SocketProbe, Starter, error_reason, target
+from ._probe import READ, WRITE, Done, ProbeContext, SocketProbe, Starter, error_reason, target
 from ._spec import CheckSpec
 
 BODY_LIMIT = 64 * 1024
@@ -99,23 +99,22 @@ class HttpProbe(SocketProbe):
 
     # -- socket ---------------------------------------------------------------------------------
 
-    def _on_writable(self) -> None:
+    def _on_writable(self, events: int) -> None:
         if self._connected:
             self._send(b"")
             return
-        code = self._socket_error()
+        code = self._connect_error(events)
         if code:
             self._finish(False, error_reason(code))
             return
         self._connected = True
-        self._watch_read(True)
         if self._check.tls is None:
             self._send(self._check.request)
         else:
             self._start_tls(self._check.tls)
 
     def _send(self, data: bytes) -> None:
-        """Send what the kernel takes now; keep the rest for the next writable callback."""
+        """Send what the kernel takes now; keep the rest for the next writable event."""
         pending = self._out + data
         try:
             sent = self._sock.send(pending) if pending else 0
@@ -125,9 +124,9 @@ class HttpProbe(SocketProbe):
             self._finish(False, error_reason(err.errno or 0))
             return
         self._out = pending[sent:]
-        self._watch_write(bool(self._out))
+        self._want = READ | WRITE if self._out else READ
 
-    def _on_readable(self) -> None:
+    def _on_readable(self, events: int) -> None:
         try:
             data = self._sock.recv(65536)
         except BlockingIOError:

@@ -34,6 +34,7 @@ _PREPARE: dict[str, Callable[[CheckSpec, ProbeContext], Starter]] = {
     "dns": prepare_dns,
     "script": prepare_script,
 }
+_START_SLOTS = 10  # wheel slots (ms) that starts are rounded up to
 _EPSILON = 1e-6  # the loop may run a timer a hair before its time; never let that postpone a probe
 _log = structlog.get_logger("ipvsmgr_agent.health")
 
@@ -115,10 +116,12 @@ class _Check:
             self.schedule()
 
     def schedule(self) -> None:
-        when = self.next_start
-        if self.probe is not None and self.deadline < when:
-            when = self.deadline
-        self.wheel.schedule(self, when)
+        if self.probe is not None and self.deadline < self.next_start:
+            self.wheel.schedule(self, self.deadline)
+        else:
+            # Starts need no millisecond precision: grouping them in 10 ms slots lets one loop wake-up start
+            # many probes, and their replies tend to arrive together too.
+            self.wheel.schedule(self, self.next_start, _START_SLOTS)
 
     def after(self, now: float) -> float:
         """The next start on the grid of this check's first start, so late timers never accumulate drift."""
@@ -139,6 +142,8 @@ class _Check:
     def probe_done(self, passed: bool, reason: str, weight: int | None) -> None:
         self.probe = None
         self.record(passed, reason, weight, self.loop.time() - self.started)
+        if self.refs and self.deadline < self.next_start:
+            self.schedule()  # for the next start: the deadline's wheel entry is stale now and skipped
 
     def time_out(self, now: float) -> None:
         probe, self.probe = self.probe, None

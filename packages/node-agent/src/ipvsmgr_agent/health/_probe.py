@@ -35,35 +35,27 @@ class Poller:
 
     asyncio's add_reader/add_writer allocate a handle and a selector key per call; here watching a
     socket is one epoll_ctl and a dict entry, which matters at tens of thousands of sockets a second.
+    Sockets are armed one-shot: an event disarms its socket, so a probe that is done after one event
+    (most are) closes its socket without another epoll_ctl to unregister it.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._epoll = select.epoll()
-        self._probes: dict[int, SocketProbe] = {}
-        loop.add_reader(self._epoll.fileno(), self.dispatch)
-
-    def watch(self, fd: int, probe: SocketProbe, events: int, registered: bool) -> None:
-        if not registered:
-            self._epoll.register(fd, events)
-            self._probes[fd] = probe
-        elif events:
-            self._epoll.modify(fd, events)
-        else:
-            self._epoll.unregister(fd)
-            del self._probes[fd]
+        self.epoll = select.epoll()
+        self.probes: dict[int, SocketProbe] = {}
+        loop.add_reader(self.epoll.fileno(), self.dispatch)
 
     def close(self) -> None:
-        self._loop.remove_reader(self._epoll.fileno())
-        self._epoll.close()
+        self._loop.remove_reader(self.epoll.fileno())
+        self.epoll.close()
 
     def dispatch(self) -> None:
         """Run the callbacks of every ready socket; also called before timers fire, to judge replies first."""
         # Drain in capped batches: events left in our epoll would wait a whole loop turn otherwise.
         while True:
-            ready = self._epoll.poll(0, _BATCH)
+            ready = self.epoll.poll(0, _BATCH)
             for fd, events in ready:
-                probe = self._probes.get(fd)
+                probe = self.probes.get(fd)
                 if probe is not None:
                     probe.on_events(events)
             if len(ready) < _BATCH:
@@ -110,23 +102,30 @@ def target(address: str, port: int) -> tuple[int, tuple[str, int]]:
     return family, (address, port)
 
 
-_READ = select.EPOLLIN
-_WRITE = select.EPOLLOUT
+READ = select.EPOLLIN
+WRITE = select.EPOLLOUT
+_ONESHOT = select.EPOLLONESHOT
+_FAILED = select.EPOLLERR | select.EPOLLHUP
 # Errors and hang-ups wake whichever side is watched; its recv/send/SO_ERROR then tells what happened.
-_READ_WAKE = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
-_WRITE_WAKE = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
+_READ_WAKE = select.EPOLLIN | select.EPOLLRDHUP | _FAILED
+_WRITE_WAKE = select.EPOLLOUT | _FAILED
 
 
 class SocketProbe:
-    """One non-blocking socket in the monitor's poller; subclasses react to readability and writability."""
+    """One non-blocking socket in the monitor's poller; subclasses react to readability and writability.
 
-    __slots__ = ("_context", "_done", "_events", "_finished", "_sock", "_stream")
+    Subclasses say what they wait for in `_want` (READ, WRITE or both); the socket is re-armed with
+    it after every event until the probe finishes.
+    """
+
+    __slots__ = ("_armed", "_context", "_done", "_finished", "_registered", "_sock", "_stream", "_want")
 
     def __init__(self, context: ProbeContext, family: int, kind: int, done: Done) -> None:
         self._context = context
         self._done = done
         self._finished = False
-        self._events = 0
+        self._want = 0
+        self._armed = self._registered = False
         self._stream = kind == socket.SOCK_STREAM
         self._sock = socket.socket(family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
 
@@ -136,10 +135,25 @@ class SocketProbe:
             self._close()
 
     def on_events(self, events: int) -> None:
-        if events & _WRITE_WAKE and self._events & _WRITE:
-            self._on_writable()
-        if events & _READ_WAKE and self._events & _READ and not self._finished:
-            self._on_readable()
+        self._armed = False  # one-shot: this event disarmed the socket
+        want = self._want
+        if events & _WRITE_WAKE and want & WRITE:
+            self._on_writable(events)
+        if events & _READ_WAKE and want & READ and not self._finished:
+            self._on_readable(events)
+        if not self._finished:
+            self._arm()
+
+    def _arm(self) -> None:
+        poller = self._context.poller
+        fd = self._sock.fileno()
+        if self._registered:
+            poller.epoll.modify(fd, self._want | _ONESHOT)
+        else:
+            poller.epoll.register(fd, self._want | _ONESHOT)
+            poller.probes[fd] = self
+            self._registered = True
+        self._armed = True
 
     def _finish(self, passed: bool, reason: str, weight: int | None = None) -> None:
         if not self._finished:
@@ -155,36 +169,33 @@ class SocketProbe:
         """Start connecting; True when a writable callback will follow."""
         code = self._sock.connect_ex(address)
         if code in (0, errno.EINPROGRESS):
-            self._watch(_WRITE)
+            self._want = WRITE
+            self._arm()
             return True
         self._fail_soon(error_reason(code))
         return False
 
-    def _socket_error(self) -> int:
-        return self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    def _connect_error(self, events: int) -> int:
+        """0 when a non-blocking connect succeeded; asking the socket only when epoll flagged a failure."""
+        if not events & _FAILED:
+            return 0
+        return self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.ECONNRESET
 
-    def _on_readable(self) -> None:
+    def _on_readable(self, events: int) -> None:
         raise NotImplementedError
 
-    def _on_writable(self) -> None:
+    def _on_writable(self, events: int) -> None:
         raise NotImplementedError
-
-    def _watch(self, events: int) -> None:
-        """Watch for exactly `events` (_READ, _WRITE, both, or 0 for nothing)."""
-        if events != self._events:
-            self._context.poller.watch(self._sock.fileno(), self, events, self._events != 0)
-            self._events = events
-
-    def _watch_read(self, on: bool) -> None:
-        self._watch(self._events | _READ if on else self._events & ~_READ)
-
-    def _watch_write(self, on: bool) -> None:
-        self._watch(self._events | _WRITE if on else self._events & ~_WRITE)
 
     def _close(self) -> None:
-        # Unregistered before the close: a script forked meanwhile could keep the socket, and its epoll
-        # entry, alive past our close.
-        self._watch(0)
+        if self._registered:
+            poller = self._context.poller
+            fd = self._sock.fileno()
+            del poller.probes[fd]
+            if self._armed:
+                # Still armed (cancelled while waiting): unregister, or a script forked meanwhile could keep
+                # the socket, and so its epoll entry, alive past our close.
+                poller.epoll.unregister(fd)
         if self._stream:
             # A reset instead of FIN leaves no TIME_WAIT behind: 10,000 checks a second would otherwise
             # hold hundreds of thousands of them.

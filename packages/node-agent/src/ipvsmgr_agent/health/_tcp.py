@@ -15,8 +15,8 @@ class TcpProbe(SocketProbe):
         super().__init__(context, family, socket.SOCK_STREAM, done)
         self._connect(address)
 
-    def _on_writable(self) -> None:
-        code = self._socket_error()
+    def _on_writable(self, events: int) -> None:
+        code = self._connect_error(events)
         if code:
             self._finish(False, error_reason(code))
         else:

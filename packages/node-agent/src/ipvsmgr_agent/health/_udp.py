@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from ._probe import Done, ProbeContext, SocketProbe, Starter, error_reason, target
+from ._probe import READ, Done, ProbeContext, SocketProbe, Starter, error_reason, target
 from ._spec import CheckSpec
 
 
@@ -23,9 +23,10 @@ class DatagramProbe(SocketProbe):
         except OSError as err:
             self._fail_soon(error_reason(err.errno or 0))
             return
-        self._watch_read(True)
+        self._want = READ
+        self._arm()
 
-    def _on_readable(self) -> None:
+    def _on_readable(self, events: int) -> None:
         try:
             data = self._sock.recv(65536)
         except BlockingIOError:

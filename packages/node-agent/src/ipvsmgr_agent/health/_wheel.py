@@ -36,8 +36,9 @@ class TimerWheel:
         self._armed = -1
         self._floor = -1  # while firing: the first slot not being fired, so an item cannot loop in one pass
 
-    def schedule(self, item: Timed, when: float) -> None:
-        slot = max(math.ceil(when / RESOLUTION), self._floor)
+    def schedule(self, item: Timed, when: float, coarse: int = 1) -> None:
+        """Fire `item` at `when`, up to `coarse` slots late: coarse timers share slots and so loop wake-ups."""
+        slot = max(math.ceil(when / (RESOLUTION * coarse)) * coarse, self._floor)
         item.due = slot
         bucket = self._slots.get(slot)
         if bucket is not None:
