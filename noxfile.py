@@ -71,7 +71,8 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks that print tables: latency and reconcile (default), `-- kernel` (VM), `-- raft`, `-- soak`."""
+    """Benchmarks that print tables: latency and reconcile (default), `-- kernel` (VM), `-- raft`, `-- soak`,
+    `-- health` (health checks: CPU and memory at 1,000 / 10,000 targets, death to DOWN)."""
     install_project(session)
     session.install("virtme-ng")
     if session.posargs[:1] == ["kernel"]:  # the IPVS figures, measured inside the VM
@@ -82,5 +83,7 @@ def bench(session: nox.Session) -> None:
         session.run("python", "tests/bench/raft_rest.py")
     elif session.posargs[:1] == ["soak"]:  # the Raft fault schedules (at least 20), linearizability checked
         session.run("python", "tests/bench/raft_soak.py", *session.posargs[1:])
+    elif session.posargs[:1] == ["health"]:  # CPU and RSS of 1,000 / 10,000 TCP and HTTP checks, death -> DOWN
+        session.run("python", "tests/bench/health_bench.py", *session.posargs[1:])
     else:
         session.run("python", "tests/bench/run.py", *session.posargs)
