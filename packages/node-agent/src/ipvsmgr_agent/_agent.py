@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Collection, Coroutine, Iterator
+from collections.abc import Callable, Collection, Coroutine, Iterator
 from typing import Any
 
 import structlog
@@ -19,6 +19,7 @@ from ._backoff import Backoff
 from ._config import AgentConfig
 from ._convert import which
 from ._desired import DesiredModel
+from ._floating_node import FloatingNode
 from ._metrics import Metrics, MetricsServer
 from ._reconciler import Reconciler
 from ._report import Reporter
@@ -67,6 +68,7 @@ class Agent:
             on_connect=self._on_connect,
         )
         self.reporter = Reporter(self.stream, self.metrics, health_picture=self.model.health_report)
+        self.floating = FloatingNode(config, self._floating_changed, channel_factory)
         self.metrics_server = _metrics_server(config, self.metrics, self.status)
         self._cache_delay = cache_delay
         self._cache_dirty = asyncio.Event()
@@ -82,10 +84,9 @@ class Agent:
         """Start, serve until `stop` is set (or a background loop dies of a bug), then close."""
         try:
             await self.start()
-            await _until_stopped(
-                stop,
-                [self.stream.run(), self.reporter.run(), self._resync_loop(), self._cache_loop(), self._health_loop()],
-            )
+            loops = [self.stream.run(), self.reporter.run(), self._resync_loop(), self._cache_loop()]
+            loops += [self._health_loop(), self.floating.run()]
+            await _until_stopped(stop, loops, before_cancel=self._release_floating)
         finally:
             await self.close()
 
@@ -99,6 +100,8 @@ class Agent:
             await self.selection.dataplane.start()
         with _failing_as("cannot start the address manager"):
             await self.selection.addresses.start()
+        with _failing_as("cannot start the floating-VIP manager"):
+            await self.floating.start()
         if self.metrics_server is not None:
             with _failing_as(f"cannot serve metrics on {self.config.listen_metrics}"):
                 await self.metrics_server.start()
@@ -107,6 +110,7 @@ class Agent:
     async def close(self) -> None:
         """Persist the state and release resources, leaving IPVS rules and addresses in place."""
         await self.health.close()
+        await self.floating.close()
         await self._write_cache()
         if self.metrics_server is not None:
             await self.metrics_server.close()
@@ -170,6 +174,7 @@ class Agent:
     async def _apply(self, keys: Collection[ServiceKey] | None, log: Any) -> None:
         """Reconcile the dataplane with the model (`keys` = only those services), then report."""
         errors = await self.reconciler.reconcile(self.model.table, self.model.addresses(), keys)
+        await self.floating.update(self.model.vips())
         self.has_state = True
         previous, self.errors = set(self.errors), sorted([*self.model.errors(), *errors])
         for error in sorted(set(self.errors) - previous):  # each error logged once, not on every resync
@@ -177,6 +182,19 @@ class Agent:
         if previous and not self.errors:
             log.info("all errors resolved")
         self._after_apply(log)
+
+    async def _release_floating(self) -> None:
+        """Graceful stop: give the floating VIPs up and tell the control plane before the streams close,
+        so the leader reassigns them at once instead of waiting for the lease to run out."""
+        if not self.floating.vips.holding():
+            return
+        await self.floating.release_all()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self.reporter.send_now(self._report())
+
+    def _floating_changed(self) -> None:
+        self.reporter.submit(self._report())
 
     def _after_apply(self, log: Any) -> None:
         self._applied = self.model.revision
@@ -209,6 +227,7 @@ class Agent:
             applied_revision=self.applied_revision,
             errors=list(self.errors),
             dataplane=self.selection.dataplane.name,
+            vips=self.floating.report(),
         )
 
     def _watch_request(self) -> v1.WatchRequest:
@@ -283,12 +302,20 @@ def _metrics_server(config: AgentConfig, metrics: Metrics, status: Any) -> Metri
     return None if config.listen_metrics is None else MetricsServer(metrics, config.listen_metrics, status)
 
 
-async def _until_stopped(stop: asyncio.Event, loops: list[Coroutine[Any, Any, None]]) -> None:
-    """Run the background loops until `stop`; a loop that ends (only a bug does) ends the agent with its error."""
+async def _until_stopped(
+    stop: asyncio.Event,
+    loops: list[Coroutine[Any, Any, None]],
+    before_cancel: Callable[[], Coroutine[Any, Any, None]] | None = None,
+) -> None:
+    """Run the background loops until `stop`; a loop that ends (only a bug does) ends the agent with its error.
+
+    `before_cancel` runs on a normal stop while the loops (streams included) still run."""
     tasks = [asyncio.create_task(loop) for loop in loops]
     stopper = asyncio.create_task(stop.wait())
     try:
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if stopper in done and before_cancel is not None:
+            await before_cancel()
     finally:
         await _cancel_all([*tasks, stopper])
     for task in done:

@@ -46,6 +46,12 @@ class AgentConfig:
     resync_interval: float = 30.0
     log_format: str = "auto"
     log_level: str = "info"
+    vip_interface: str = ""  # "" = the interface of the default route
+    vip_lifetime: int = 5
+    announce_refresh: float = 10.0
+    track_tcp: tuple[Endpoint, ...] = ()
+    track_scripts: tuple[str, ...] = ()
+    track_interval: float = 1.0
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -147,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_identity_options(parser)
     _add_runtime_options(parser)
+    _add_floating_options(parser)
     return parser
 
 
@@ -208,11 +215,52 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_floating_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("floating VIPs")
+    group.add_argument("--vip-interface", default="", metavar="IFACE", help=_VIP_INTERFACE)
+    group.add_argument("--vip-lifetime", type=parse_lifetime, default=5, metavar="SECONDS", help=_VIP_LIFETIME)
+    group.add_argument(
+        "--announce-refresh", type=parse_seconds_or_zero, default=10.0, metavar="SECONDS", help=_ANNOUNCE
+    )
+    group.add_argument(
+        "--track-tcp", dest="track_tcp", type=parse_endpoint, action="append", default=None, metavar="HOST:PORT",
+        help="release this node's floating VIPs while HOST:PORT refuses connections (repeatable)",
+    )  # fmt: skip
+    group.add_argument(
+        "--track-script", dest="track_scripts", action="append", default=None, metavar="COMMAND",
+        help="release this node's floating VIPs while COMMAND exits non-zero (repeatable; run without a shell)",
+    )  # fmt: skip
+    group.add_argument("--track-interval", type=parse_interval, default=1.0, metavar="SECONDS", help=_TRACK)
+
+
+def parse_lifetime(text: str) -> int:
+    if not text.strip().isdigit() or not 2 <= int(text) <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds from 2 to 3600")
+    return int(text)
+
+
+def parse_seconds_or_zero(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
 def _braces(options: Sequence[str]) -> str:
     return "{" + ",".join(options) + "}"
 
 
-_LISTS = ("labels", "addresses")
+_LISTS = ("labels", "addresses", "track_tcp", "track_scripts")
+_VIP_INTERFACE = "interface that floating VIPs are added to and announced on (default: the default route's)"
+_VIP_LIFETIME = (
+    "kernel lifetime of a floating VIP address, refreshed while held: if every process on the node hangs, "
+    "the kernel itself drops the address after this long"
+)
+_ANNOUNCE = "gratuitous ARP / unsolicited NA repeat interval while a VIP is held (0: only the burst on acquire)"
+_TRACK = "how often the track checks run (each fails after 2 misses, recovers after 2 passes)"
 _STATE = "directory for the last known desired state and the list of owned services (created if missing)"
 _RESYNC = "how often to re-read the whole dataplane and repair drift"
 _LOG_FORMAT = "json, console, or auto (console on a terminal, json otherwise)"
@@ -256,4 +304,10 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
         resync_interval=ns.resync_interval,
         log_format=ns.log_format,
         log_level=ns.log_level,
+        vip_interface=ns.vip_interface.strip(),
+        vip_lifetime=ns.vip_lifetime,
+        announce_refresh=ns.announce_refresh,
+        track_tcp=tuple(ns.track_tcp or ()),
+        track_scripts=tuple(ns.track_scripts or ()),
+        track_interval=ns.track_interval,
     )

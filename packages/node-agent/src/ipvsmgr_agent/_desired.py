@@ -252,6 +252,10 @@ class DesiredModel:
         """The VIP addresses this node should have configured."""
         return vip_addresses(self._service_vips, self._vips.values(), self.node_id)
 
+    def vips(self) -> list[v1.Vip]:
+        """The vip objects of this node's groups, with the current floating assignments."""
+        return list(self._vips.values())
+
     def errors(self) -> list[str]:
         """Why some desired services are not in the table (invalid, or clashing with another)."""
         return sorted([*self._invalid.values(), *self._conflicts.values()])

@@ -78,6 +78,13 @@ class Reporter:
         self._complete = True
         self._wake.set()
 
+    async def send_now(self, report: v1.ReportRequest) -> bool:
+        """Send `report` at once, outside the queue (a stopping agent's last word)."""
+        if await self._send(report):
+            self._sent, self._pending = report, None
+            return True
+        return False
+
     @property
     def last_sent(self) -> v1.ReportRequest | None:
         return self._sent
@@ -113,6 +120,7 @@ class Reporter:
             dataplane=base.dataplane,
             health=entries,
             health_complete=complete,
+            vips=list(base.vips),
         )
         return report, health
 

@@ -9,6 +9,7 @@ full, reading from the other side pauses until it drains.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any, cast
 
 import structlog
@@ -17,6 +18,7 @@ from ._model import DestKey, ServiceKey
 from ._schedulers import Backend
 from ._userspace_log import FailureLog
 from ._userspace_pool import Pool
+from ._vip_socket import vip_socket
 
 LISTEN_BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
 
@@ -35,13 +37,8 @@ class TcpService:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: Connection(self).client,
-            host=self.key.address,
-            port=self.key.port,
-            reuse_address=True,
-            backlog=LISTEN_BACKLOG,
-        )
+        sock = vip_socket(self.key.address, self.key.port, socket.SOCK_STREAM)
+        self._server = await loop.create_server(lambda: Connection(self).client, sock=sock, backlog=LISTEN_BACKLOG)
 
     def stop(self) -> None:
         """Stop accepting; connections already open carry on until either end closes them."""

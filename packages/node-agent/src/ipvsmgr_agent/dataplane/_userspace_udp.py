@@ -8,6 +8,7 @@ UDP has no back-pressure: when a send buffer is full, datagrams are dropped, as 
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any, cast
 
 import structlog
@@ -16,6 +17,7 @@ from ._model import ServiceKey
 from ._schedulers import Backend
 from ._userspace_log import FailureLog
 from ._userspace_pool import Pool
+from ._vip_socket import vip_socket
 
 PENDING_LIMIT = 64  # datagrams held per flow while its upstream socket is being opened
 
@@ -40,7 +42,8 @@ class UdpService(asyncio.DatagramProtocol):
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._lost = loop.create_future()
-        await loop.create_datagram_endpoint(lambda: self, local_addr=(self.key.address, self.key.port))
+        sock = vip_socket(self.key.address, self.key.port, socket.SOCK_DGRAM)
+        await loop.create_datagram_endpoint(lambda: self, sock=sock)
         self._sweeper = loop.create_task(self._sweep_forever())
 
     def stop(self) -> None:

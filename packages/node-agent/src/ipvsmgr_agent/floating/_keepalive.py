@@ -60,6 +60,7 @@ class KeepAliver:
         margin: float | None = None,
         on_lost: Callable[[], None] = _nothing,
         on_held: Callable[[], None] = _nothing,
+        on_renewed: Callable[[], None] = _nothing,
         interval: float | None = None,
         channel_factory: ChannelFactory = default_channel,
         backoff: Callable[[], Backoff] = Backoff,
@@ -70,11 +71,13 @@ class KeepAliver:
         self.node_id = node_id
         self.servers = list(servers)
         self.lease = QuorumLease([placeholder(s) for s in self.servers], ttl=ttl, margin=margin)
-        self.on_lost, self.on_held = on_lost, on_held
+        self.on_lost, self.on_held, self.on_renewed = on_lost, on_held, on_renewed
         self.names: dict[Endpoint, str] = {}
         self._clashes: set[tuple[Endpoint, str]] = set()
         self._interval = interval
         self._server_ttl: float | None = None
+        self._cap: float | None = None  # the shortest lease TTL of the VIPs this node is told about
+        self._voters = len(self.servers)
         self._channel_factory = channel_factory
         self._backoff = backoff
         self._connect_timeout = connect_timeout
@@ -86,8 +89,19 @@ class KeepAliver:
 
     @property
     def ttl(self) -> float:
-        """The TTL in force: the shortest one a server announced, else the configured one."""
-        return self._server_ttl or self.lease.ttl
+        """The TTL in force: the shortest one a server announced or a VIP asks for, else the configured one."""
+        announced = self._server_ttl or self.lease.ttl
+        return min(announced, self._cap) if self._cap else announced
+
+    def cap_ttl(self, ttl: float | None) -> None:
+        """Count acks for at most `ttl` from now on: a VIP group with a short lease must not be held
+        longer than the control plane waits before reassigning it."""
+        if ttl == self._cap:
+            return
+        shorter = ttl is not None and (self._cap is None or ttl < self._cap)
+        self._cap = ttl
+        if shorter:
+            self._retime()
 
     @property
     def interval(self) -> float:
@@ -190,7 +204,10 @@ class KeepAliver:
         name = self._learn(server, response.server)
         if name is None:
             return
+        self._note_voters(response.voters)
         ttl = response.ttl if response.ttl > 0 else None
+        if self._cap is not None:
+            ttl = min(ttl or self._cap, self._cap)
         try:
             self.lease.acked(name, sent_at, ttl)
         except ValueError as exc:
@@ -204,8 +221,25 @@ class KeepAliver:
         if ttl is None or (self._server_ttl is not None and ttl >= self._server_ttl):
             return
         self._server_ttl = ttl
+        self._retime()
+
+    def _retime(self) -> None:
         self._retimed.set()
         self._retimed = asyncio.Event()
+
+    def _note_voters(self, voters: int) -> None:
+        """A cluster with more voters than this agent knows servers needs a bigger majority: members
+        the agent cannot reach stay placeholders that never vouch, so it errs towards releasing."""
+        if voters <= self._voters:
+            return
+        self._voters = voters
+        log.error("the cluster has more voting servers than --servers lists", voters=voters, servers=len(self.servers))
+        self._set_members()
+
+    def _set_members(self) -> None:
+        members = [self.names.get(s, placeholder(s)) for s in self.servers]
+        members += [f"unlisted-{i}" for i in range(self._voters - len(self.servers))]
+        self.lease.set_servers(members)
 
     def _learn(self, server: Endpoint, name: str) -> str | None:
         """The lease member `server` acks for: its announced name; None (never counted) when another
@@ -218,7 +252,7 @@ class KeepAliver:
                 log.error("two configured servers answer with the same name", server=str(server), name=name)
             return None
         self.names[server] = name
-        self.lease.set_servers(self.names.get(s, placeholder(s)) for s in self.servers)
+        self._set_members()
         log.info("keep-alive server identified", server=str(server), name=name)
         return name
 
@@ -235,6 +269,8 @@ class KeepAliver:
             self._held = held
             log.info("lease held" if held else "lease lost", vouching=sorted(self.lease.vouching(self._loop.time())))
             (self.on_held if held else self.on_lost)()
+        elif held:
+            self.on_renewed()  # e.g. to move the guard's deadline
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
