@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
+import pytest
 from unit.agent.health._loopback import Harness, TcpServer, free_port
 
 
@@ -68,3 +70,38 @@ async def test_the_check_port_and_address_override_the_backend(harness: Harness,
     assert (overridden.address, overridden.port) == ("127.0.0.1", tcp_server.port)
     harness.monitor.acquire(overridden)
     assert (await harness.state(overridden, True)).reason == "connected"
+
+
+def has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback")
+async def test_ipv6_targets(harness: Harness) -> None:
+    requests: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            requests.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the tcp check's connections send nothing and reset
+        writer.close()
+
+    server = await asyncio.start_server(serve, "::1", 0)
+    try:
+        port = int(server.sockets[0].getsockname()[1])
+        tcp = harness.start("tcp", port, backend="0:0::1")
+        http = harness.start("http", port, backend="::1")
+        assert tcp.address == "::1"
+        assert (await harness.state(tcp, True)).reason == "connected"
+        assert (await harness.state(http, True)).reason == "status 204"
+        assert f"Host: [::1]:{port}\r\n".encode() in requests[-1]
+    finally:
+        server.close()
+        await server.wait_closed()

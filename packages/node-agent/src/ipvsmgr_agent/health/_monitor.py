@@ -201,7 +201,11 @@ class _Check:
 
 
 class HealthMonitor:
-    """Runs each acquired CheckSpec until its last release and reports every change of its state."""
+    """Runs each acquired CheckSpec until its last release and reports every change of its state.
+
+    Use it from the event loop's thread (acquire binds it to the running loop); on_change is called
+    there, synchronously, at each transition, the first pass included, and at a new weight while up.
+    """
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""What every probe shares: the callback contract and a non-blocking socket driven by loop readiness callbacks.
+"""What every probe shares: the callback contract, and non-blocking sockets watched through one shared epoll.
 
 Probes are plain objects with callbacks instead of tasks: at 10,000 checks a second, a task, a
 future and a stream per probe would cost more CPU than the probing itself.
