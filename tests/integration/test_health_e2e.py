@@ -114,9 +114,13 @@ def test_a_backend_that_never_passed_gets_no_traffic(
     backends[1].answer(503)
     vip = "127.0.0.83"
     service = checked_service(vip, p.free_port(vip), backends, {"type": "http", "expect_status": ["200-299"]})
-    _, url = start(tmp_path, cleanup, service)
+    srv, url = start(tmp_path, cleanup, service)
     p.wait_until(lambda: fetch(url, timeout=2), TIMEOUT, "the healthy backend to pass")
     assert set(served_by(url, 20)) == {"backend-0"}
+    never = p.wait_until(
+        lambda: backend_health(srv, backends[1]), TIMEOUT, "a verdict on the backend that never passed"
+    )
+    assert never["healthy"] is False and "503" in never["reason"], never
 
 
 def backend_health(srv: p.Server, backend: Backend) -> dict[str, Any]:

@@ -10,19 +10,22 @@ from unit.agent.health._loopback import Harness, TcpServer, free_port
 
 
 async def test_an_unchecked_target_is_down_until_its_first_pass(harness: Harness) -> None:
+    """Before its first pass a target is down; after `fall` failures it gets one DOWN verdict with the reason."""
     server = TcpServer()
     server.port = free_port()
-    s = harness.start("tcp", server.port, fall=1)
-    await asyncio.sleep(0.2)  # several refused probes
-    assert harness.changes == []
+    s = harness.start("tcp", server.port, fall=2)
     assert harness.monitor.result(s) is None
+    await asyncio.sleep(0.3)  # several refused probes
+    verdict = harness.monitor.result(s)
+    assert verdict is not None and not verdict.healthy and verdict.reason == "connection refused"
+    assert [c.healthy for c in harness.of(s)] == [False], "one verdict, not one per probe"
     assert not harness.monitor.is_healthy(s)
     await server.open()
     try:
         up = await harness.state(s, True)
         assert up.reason == "connected"
         assert harness.monitor.is_healthy(s)
-        assert len(harness.changes) == 1
+        assert len(harness.changes) == 2
     finally:
         await server.close()
 

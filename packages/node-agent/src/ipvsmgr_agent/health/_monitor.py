@@ -59,6 +59,7 @@ class _Check:
         "due",
         "ever_passed",
         "fails",
+        "judged",
         "latency",
         "loop",
         "monitor",
@@ -88,7 +89,7 @@ class _Check:
         self.due = -1
         self.next_start = self.deadline = self.started = 0.0
         self.probe: Probe | None = None
-        self.up = self.ever_passed = False
+        self.up = self.ever_passed = self.judged = False
         self.passes = self.fails = 0
         self.reason = "not checked yet"
         self.since = time.time()
@@ -189,6 +190,7 @@ class _Check:
     def on_fail(self) -> None:
         self.passes = 0
         if not self.up:
+            self.judge_never_passed()
             return
         self.fails += 1
         if self.fails < self.spec.fall:
@@ -198,6 +200,19 @@ class _Check:
         self.weight = None
         self.since = time.time()
         self.monitor.changed(self, "down")
+
+
+    def judge_never_passed(self) -> None:
+        """A target that failed `fall` probes before ever passing gets a DOWN verdict with its reason,
+        so operators see why it never took traffic (its dataplane state does not change)."""
+        if self.ever_passed or self.judged:
+            return
+        self.fails += 1
+        if self.fails >= self.spec.fall:
+            self.judged = True
+            self.fails = 0
+            self.since = time.time()
+            self.monitor.changed(self, None)
 
 
 class HealthMonitor:
@@ -261,16 +276,16 @@ class HealthMonitor:
             check.stop()
 
     def result(self, spec: CheckSpec) -> CheckResult | None:
-        """None until the check first passes (or when it is not running)."""
+        """None until the check first passes or first fails `fall` times (or when it is not running)."""
         check = self._checks.get(spec)
-        return check.result() if check is not None and check.ever_passed else None
+        return check.result() if check is not None and (check.ever_passed or check.judged) else None
 
     def is_healthy(self, spec: CheckSpec) -> bool:
         check = self._checks.get(spec)
         return check is not None and check.up
 
     def results(self) -> dict[CheckSpec, CheckResult]:
-        return {spec: check.result() for spec, check in self._checks.items() if check.ever_passed}
+        return {spec: check.result() for spec, check in self._checks.items() if check.ever_passed or check.judged}
 
     async def close(self) -> None:
         """Stop every check; running scripts are killed and waited for."""
