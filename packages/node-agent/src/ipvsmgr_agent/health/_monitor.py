@@ -201,7 +201,6 @@ class _Check:
         self.since = time.time()
         self.monitor.changed(self, "down")
 
-
     def judge_never_passed(self) -> None:
         """A target that failed `fall` probes before ever passing gets a DOWN verdict with its reason,
         so operators see why it never took traffic (its dataplane state does not change)."""
