@@ -17,6 +17,7 @@ from ipvsmgr_proto.v1 import Member
 from . import _config, _logging
 from .agents import AgentApi, NodeRegistry
 from .api import build_app
+from .placement import HttpPeers, PlacementService, peer_routes
 from .raft import FileSnapshotStore, HttpTransport, RaftNode, SqliteStorage
 from .state import StateStore
 
@@ -32,9 +33,11 @@ async def _serve_http(app: web.Application, listen: str) -> web.AppRunner:
     return runner
 
 
-def _peer_app(transport: HttpTransport, fault_injection: bool) -> web.Application:
+def _peer_app(transport: HttpTransport, fault_injection: bool, registry: NodeRegistry) -> web.Application:
+    """Raft traffic, and the leader's question to the other voters: how long since you heard from these nodes?"""
     app = web.Application(client_max_size=_PEER_BODY_LIMIT)
     app.add_routes(transport.routes(fault_injection))
+    app.add_routes(peer_routes(registry, dropped=lambda peer: peer in transport.drop))
     return app
 
 
@@ -58,11 +61,16 @@ async def run(config: _config.ServerConfig, argv: list[str] | None = None) -> No
     data.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before serving
     storage = await SqliteStorage.open(data / "raft-log.db")
     store = await StateStore.open(data / "state.db", history=config.history)
+    registry = NodeRegistry()  # from now on, this server can tell how long it has not heard from a node
     consensus = _consensus(config, storage, store)
-    assert isinstance(consensus.transport, HttpTransport)
-    peer_runner = await _serve_http(_peer_app(consensus.transport, config.debug_fault_injection), config.listen_peer)
+    transport = consensus.transport
+    assert isinstance(transport, HttpTransport)
+    peer_app = _peer_app(transport, config.debug_fault_injection, registry)
+    peer_runner = await _serve_http(peer_app, config.listen_peer)
     await consensus.start()
-    registry = NodeRegistry()
+    peers = HttpPeers(config.name, dropped=lambda peer: peer in transport.drop)
+    placement = PlacementService(store, consensus, registry, peers)
+    placement.start()
     agents = AgentApi(store, consensus, registry)
     grpc = Server([agents])
     grpc_host, grpc_port = _config.split_host_port(config.listen_grpc)
@@ -78,6 +86,8 @@ async def run(config: _config.ServerConfig, argv: list[str] | None = None) -> No
         await api_runner.cleanup()
         await grpc.wait_closed()
         await agents.close()
+        await placement.close()
+        await peers.close()
         await consensus.stop()  # a leader hands over first, while the peer port still answers
         await peer_runner.cleanup()
         await store.close()

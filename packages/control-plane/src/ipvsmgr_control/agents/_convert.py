@@ -34,8 +34,19 @@ def service_message(svc: Obj) -> v1.Service:
     )
 
 
-def vip_message(vip: Obj) -> v1.Vip:
-    return v1.Vip(address=vip["address"], group=vip["group"], mode=vip["mode"])
+def vip_message(vip: Obj, assignment: Obj | None = None, lease_ttl: float = 0.0) -> v1.Vip:
+    """A floating VIP carries its holder and fencing epoch (from its assignment) and its group's lease TTL."""
+    if vip["mode"] != "floating":
+        return v1.Vip(address=vip["address"], group=vip["group"], mode=vip["mode"])
+    a = assignment or {}
+    return v1.Vip(
+        address=vip["address"],
+        group=vip["group"],
+        mode=vip["mode"],
+        epoch=int(a.get("epoch", 0)),
+        holder=str(a.get("holder", "")),
+        lease_ttl=lease_ttl,
+    )
 
 
 def _backend(b: Obj, default_forwarding: str) -> v1.Backend:

@@ -11,14 +11,15 @@ from grpclib import GRPCError, Status
 
 from ipvsmgr_proto import v1
 
+from ..placement import node_lease_ttl
 from ..raft import Consensus, NoQuorum, NotLeader
 from ..state import StateStore, ValidationError, WriteRejected, schema
 from ._health import HealthRecorder
+from ._holdings import HoldingRecorder
 from ._registry import NodeRegistry
 from ._streams import delta, full_state
 
 log = structlog.get_logger(__name__)
-LEASE_TTL = 3.0
 
 
 class AgentApi(v1.AgentServiceBase):
@@ -26,6 +27,8 @@ class AgentApi(v1.AgentServiceBase):
         self.store, self.consensus, self.registry = store, consensus, registry
         self.server = consensus.name
         self.health = HealthRecorder(store, consensus, registry)
+        self.holdings = HoldingRecorder(store, consensus)
+        self._ttls: dict[str, tuple[int, float]] = {}  # node -> (revision, lease TTL): computed once per revision
 
     async def close(self) -> None:
         """Stop background health retries (the server is shutting down)."""
@@ -90,15 +93,53 @@ class AgentApi(v1.AgentServiceBase):
         _checked_node(v1.WatchRequest(node_id=req.node_id))
         self.registry.report(req.node_id, req.applied_revision, list(req.errors), req.dataplane)
         await self.health.record(req.node_id, req.health, req.health_complete)
+        try:
+            await self.holdings.record(req.node_id, req.vips)
+        except (NoQuorum, NotLeader, TimeoutError) as exc:  # the agent sends the report again
+            raise GRPCError(Status.UNAVAILABLE, f"VIP holdings not stored yet: {exc or 'timeout'}") from None
         return v1.ReportResponse(revision=self.store.revision)
 
     async def keep_alive(
         self, keep_alive_request_iterator: AsyncIterator[v1.KeepAliveRequest]
     ) -> AsyncIterator[v1.KeepAliveResponse]:
-        """Acknowledge each keep-alive; the quorum lease of floating VIPs is built on these."""
-        async for req in keep_alive_request_iterator:
-            self.registry.seen(req.node_id)
-            yield v1.KeepAliveResponse(seq=req.seq, server=self.server, ttl=LEASE_TTL)
+        """Acknowledge each keep-alive; the quorum lease of floating VIPs is built on these.
+
+        Only voting members acknowledge: the leader counts voters' silences, so an acknowledgement
+        from a learner would let an agent believe in a majority the leader never consults.
+        """
+        node = ""
+        try:
+            async for req in keep_alive_request_iterator:
+                voters = self._voters()
+                if node and req.node_id != node:
+                    raise GRPCError(Status.INVALID_ARGUMENT, f"this stream belongs to node {node!r}")
+                if not node:
+                    _checked_node(v1.WatchRequest(node_id=req.node_id))
+                    node = req.node_id
+                    self.registry.keepalive_opened(node)
+                ttl = self._lease_ttl(node)
+                self.registry.keep_alive(node, ttl)
+                yield v1.KeepAliveResponse(seq=req.seq, server=self.server, ttl=ttl, voters=voters)
+        finally:
+            if node:
+                self.registry.keepalive_closed(node)
+
+    def _voters(self) -> int:
+        """How many voting members the cluster has; UNAVAILABLE when this server is not one of them."""
+        members = [m for m in self.consensus.status().members if m.voter]
+        if not any(m.name == self.server for m in members):
+            raise GRPCError(Status.UNAVAILABLE, "this server is not a voting member: keep alive with the others")
+        return len(members)
+
+    def _lease_ttl(self, node: str) -> float:
+        """The TTL a node's keep-alives are acknowledged with (the shortest of its groups'); cached per revision."""
+        cached = self._ttls.get(node)
+        if cached is not None and cached[0] == self.store.revision:
+            return cached[1]
+        stored = self.store.get("node", node)
+        ttl = node_lease_ttl(self.store.objects, stored["labels"] if stored else {})
+        self._ttls[node] = (self.store.revision, ttl)
+        return ttl
 
 
 def _checked_node(req: v1.WatchRequest) -> dict[str, Any]:

@@ -159,13 +159,8 @@ class _Planner:
 
     def _fits(self, vip: Obj, node_id: str, counted: bool = False) -> bool:
         """Eligible: live, not drained, selected by the group, not refusing it, below the cap."""
-        node = self.nodes.get(node_id)
-        if node is None or not node.live or node.expired or node.drained or vip["address"] in node.refused:
-            return False
-        if not self._in_group(vip, node):
-            return False
-        cap = int((self.groups.get(vip["group"]) or {}).get("max_vips_per_node") or 0)
-        return not cap or self.load[node_id] - int(counted) < cap
+        group = self.groups.get(vip["group"])
+        return not ineligible(vip, group, self.nodes.get(node_id), self.load[node_id] - int(counted))
 
     def _in_group(self, vip: Obj, node: NodeView) -> bool:
         return group_selects(self.groups.get(vip["group"]), node.labels)
@@ -173,6 +168,26 @@ class _Planner:
     def _unload(self, node_id: str) -> None:
         if node_id and self.load[node_id] > 0:
             self.load[node_id] -= 1
+
+
+def ineligible(vip: Obj, group: Obj | None, node: NodeView | None, load: int) -> str:
+    """Why `node` cannot take `vip` now, in words ("" when it can); `load`: VIPs it has or is about to get."""
+    if node is None:
+        return "is not a registered node"
+    if node.expired:
+        return "has not been heard from by a majority of servers for longer than its lease"
+    if not node.live:
+        return "has no live keep-alive (its agent is down or cannot reach the control plane)"
+    if node.drained:
+        return "is drained"
+    if vip["address"] in node.refused:
+        return "gave this VIP up after a failed track check"
+    if not group_selects(group, node.labels):
+        return f"is not selected by the node_selector of vip group {vip['group']!r}"
+    cap = int((group or {}).get("max_vips_per_node") or 0)
+    if cap and load >= cap:
+        return f"already has {load} VIPs (max_vips_per_node of vip group {vip['group']!r} is {cap})"
+    return ""
 
 
 def _spread(address: str, node: str) -> int:

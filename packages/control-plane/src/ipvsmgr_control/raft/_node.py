@@ -13,6 +13,7 @@ import contextlib
 import json
 import random
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,8 @@ class RaftNode:
         self._incoming: dict[str, tuple[Path, int]] = {}
         self._snapshotting = False
         self._changed = asyncio.Event()
-        self._seen: tuple[Role, str | None, int] | None = None
+        self._seen: tuple[Role, str | None, int, str | None] | None = None
+        self._listeners: list[Callable[[], None]] = []
         self._peers_config = -1
         self.snapshot_bytes = 0
         self.failed: str | None = None
@@ -166,6 +168,19 @@ class RaftNode:
         except (NotLeader, PeerUnavailable, OutcomeUnknown) as exc:
             raise NoQuorum(f"cannot confirm a read point now: {exc}") from exc
         await self._wait_applied(index)
+
+    def leading(self) -> bool:
+        """Whether this member leads and may act as the leader now: not failed, not handing leadership over."""
+        core = self.core
+        return core is not None and core.role is Role.LEADER and core.transfer_target is None and not self.failed
+
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` (on the loop, synchronously) whenever role, leader, term or a transfer changes.
+
+        For components that act only while this member leads; returns the function that unsubscribes.
+        """
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
 
     def status(self) -> ClusterStatus:
         core = self._core()
@@ -409,13 +424,15 @@ class RaftNode:
             token.set_result(index)
 
     def _note_changes(self, core: RaftCore) -> None:
-        seen = (core.role, core.leader, core.term)
+        seen = (core.role, core.leader, core.term, core.transfer_target)
         if seen != self._seen:
             if self._seen is None or seen[:2] != self._seen[:2]:
                 log.info("raft role", name=self.name, role=core.role.value, leader=core.leader, term=core.term)
             self._seen = seen
             self._changed.set()
             self._changed = asyncio.Event()
+            for callback in list(self._listeners):
+                callback()
         if core.config_index != self._peers_config:
             self._sync_peers()
 

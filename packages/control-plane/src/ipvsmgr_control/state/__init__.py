@@ -6,10 +6,12 @@ from ._declarative import diff as apply_diff
 from ._errors import REJECTIONS, Conflict, FieldError, NotFound, PreconditionFailed, ValidationError, WriteRejected
 from ._health import health_entry, rfc3339, same_health
 from ._objects import backend_ids, content, health_key
+from ._placement import HISTORY_LIMIT, holding_entry, holding_key, older_holding, owner, planned_fields, same_holding
 from ._store import StateStore
 
 __all__ = [
     "AGENT_BLIND_KINDS",
+    "HISTORY_LIMIT",
     "REJECTIONS",
     "Change",
     "ChangeBatch",
@@ -27,7 +29,13 @@ __all__ = [
     "content",
     "health_entry",
     "health_key",
+    "holding_entry",
+    "holding_key",
+    "older_holding",
+    "owner",
+    "planned_fields",
     "rfc3339",
     "same_health",
+    "same_holding",
     "schema",
 ]

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Obj = dict[str, Any]
-KINDS = ("service", "vip", "vip_group", "node", "health")
-# Kinds no agent is sent: their changes never wake a desired-state stream.
-AGENT_BLIND_KINDS = frozenset({"health"})
+KINDS = ("service", "vip", "vip_group", "node", "health", "assignment", "holding", "drain", "move")
+# Kinds no agent is sent: their changes never wake a desired-state stream. (An `assignment` is sent:
+# it is the holder and fencing epoch of a floating VIP.)
+AGENT_BLIND_KINDS = frozenset({"health", "holding", "drain", "move"})
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,9 @@ class Change:
     key: str
     op: str  # put | delete
     object: Obj | None  # the new object for put, the last one for delete
+    # True for a put agents cannot tell from the previous version (an assignment whose holder and epoch
+    # stay). Known only when the change is applied: changes read back from the log say False.
+    quiet: bool = False
 
 
 @dataclass(frozen=True)
@@ -28,8 +32,8 @@ class ChangeBatch:
     changes: list[Change] = field(default_factory=list)
 
     def concerns_agents(self) -> bool:
-        """False when the revision only changed what agents are never sent (health they reported)."""
-        return any(ch.kind not in AGENT_BLIND_KINDS for ch in self.changes)
+        """False when the revision only changed what agents are never sent (health, holdings, drains, moves)."""
+        return any(ch.kind not in AGENT_BLIND_KINDS and not ch.quiet for ch in self.changes)
 
 
 class Subscription:

@@ -13,7 +13,17 @@ Obj = dict[str, Any]
 REVISION_FIELDS = ("create_revision", "mod_revision")
 DEFAULT_GROUP = "default"
 # Collection names in full-state snapshots (the watch's reset event).
-PLURALS = {"service": "services", "vip": "vips", "vip_group": "vip_groups", "node": "nodes", "health": "health"}
+PLURALS = {
+    "service": "services",
+    "vip": "vips",
+    "vip_group": "vip_groups",
+    "node": "nodes",
+    "health": "health",
+    "assignment": "assignments",
+    "holding": "holdings",
+    "drain": "drains",
+    "move": "moves",
+}
 
 
 def content(obj: Obj | None) -> Obj | None:
@@ -139,6 +149,14 @@ class ObjectSet:
                 raise Conflict(f"{describe_endpoint(endpoint_of(obj))} is already used by service {owner!r}")
         elif kind == "vip" and obj["group"] != DEFAULT_GROUP and obj["group"] not in self.by_kind["vip_group"]:
             raise Conflict(f"vip group {obj['group']!r} does not exist; create it first")
+        elif kind in ("drain", "move") and obj["node"] not in self.by_kind["node"]:
+            raise NotFound(f"node {obj['node']!r} does not exist")
+        elif kind == "move":
+            vip = self.get("vip", obj["address"])
+            if vip is None:
+                raise NotFound(f"vip {obj['address']!r} does not exist")
+            if vip["mode"] != "floating":
+                raise Conflict(f"vip {obj['address']!r} is {vip['mode']}, not floating: no single node holds it")
 
     def check_delete(self, kind: str, key: str) -> None:
         if kind == "vip_group":

@@ -36,6 +36,7 @@ from ._changes import Change, ChangeBatch, WatchHub
 from ._errors import Conflict, WriteRejected
 from ._health import apply_health
 from ._objects import PLURALS, ObjectSet, check_if_match, content, health_key, stamp
+from ._placement import apply_holdings, apply_place, dependents, dropped_by_put, quiet_change
 
 log = structlog.get_logger(__name__)
 Obj = dict[str, Any]
@@ -113,10 +114,12 @@ class _Command:
         new = stamp(obj, old, self.revision)
         self._undo.append((kind, key, old))
         self.objects.put(kind, key, new)
-        self.changes.append(Change(kind, key, "put", new))
+        self.changes.append(Change(kind, key, "put", new, quiet=quiet_change(kind, old, new)))
         if kind == "service":  # health of backends it no longer has (or of a check it dropped) goes with them
             for stale in self.objects.stale_health(new):
                 self.delete("health", stale)
+        for dep_kind, dep_key in dropped_by_put(self.objects, kind, new):
+            self.delete(dep_kind, dep_key)
         return new
 
     def delete(self, kind: str, key: str) -> None:
@@ -128,6 +131,8 @@ class _Command:
             entries = self.objects.health_of(node=key) if kind == "node" else self.objects.health_of(service=key)
             for entry in entries:
                 self.delete("health", health_key(entry["node"], entry["service"], entry["backend"]))
+        for dep_kind, dep_key in dependents(self.objects, kind, key):
+            self.delete(dep_kind, dep_key)
 
     def rollback(self) -> None:
         for kind, key, old in reversed(self._undo):
@@ -152,6 +157,8 @@ class StateStore:
         self._applied_index = 0
         # Health transitions applied on this server, by service (process-local, for metrics).
         self.health_transitions: Counter[str] = Counter()
+        # Changes of a floating VIP's holder applied on this server, by reason (process-local, for metrics).
+        self.vip_moves: Counter[str] = Counter()
         self.hub = WatchHub()
         # Held by everything that uses the connection in a transaction or must see the state at
         # one applied index: apply, snapshot, restore, change-log reads.
@@ -272,6 +279,12 @@ class StateStore:
             result, transitions = apply_health(command, cmd)
             self.health_transitions.update(transitions)
             return result
+        if op == "place":
+            result, moves = apply_place(command, cmd)
+            self.vip_moves.update(moves)
+            return result
+        if op == "holding":
+            return apply_holdings(command, cmd)
         raise ValueError(f"unknown op {op!r}")
 
     def _create(self, kind: str, obj: Obj, cmd: _Command) -> dict[str, Any]:
