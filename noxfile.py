@@ -72,7 +72,8 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks that print tables: latency and reconcile (default), `-- kernel` (VM), `-- raft`, `-- soak`,
-    `-- health` (health checks: CPU and memory at 1,000 / 10,000 targets, death to DOWN)."""
+    `-- health` (health checks: CPU and memory at 1,000 / 10,000 targets, death to DOWN), `-- vips` (floating-VIP
+    failover against keepalived in a network-namespace lab; root)."""
     install_project(session)
     session.install("virtme-ng")
     if session.posargs[:1] == ["kernel"]:  # the IPVS figures, measured inside the VM
@@ -85,5 +86,7 @@ def bench(session: nox.Session) -> None:
         session.run("python", "tests/bench/raft_soak.py", *session.posargs[1:])
     elif session.posargs[:1] == ["health"]:  # CPU and RSS of 1,000 / 10,000 TCP and HTTP checks, death -> DOWN
         session.run("python", "tests/bench/health_bench.py", *session.posargs[1:])
+    elif session.posargs[:1] == ["vips"]:  # failover times and split brain, ipvsmgr vs keepalived (--runs, --profiles)
+        session.run("python", "tests/bench/vip_failover.py", *session.posargs[1:])
     else:
         session.run("python", "tests/bench/run.py", *session.posargs)
