@@ -630,6 +630,7 @@ class Observer:
         self.marks: list[tuple[float, str]] = []
         self.errors: list[tuple[float, str]] = []
         self.started = 0.0
+        self._sampler: subprocess.Popen[str] | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ready: list[threading.Event] = []
@@ -651,7 +652,18 @@ class Observer:
             raise RuntimeError(f"observer failed to start: {self.errors}")
 
     def stop(self) -> None:
+        """Stop every thread; the sampler process is told by closing its stdin, and killed by PID if it hangs."""
         self._stop.set()
+        sampler = self._sampler
+        if sampler is not None:
+            with contextlib.suppress(OSError):
+                assert sampler.stdin is not None
+                sampler.stdin.close()
+            try:
+                sampler.wait(10)
+            except subprocess.TimeoutExpired:
+                sampler.kill()
+                sampler.wait()
         for thread in self._threads:
             thread.join(15)
         self._threads.clear()
@@ -680,6 +692,7 @@ class Observer:
                   "max_seconds": self.max_seconds}  # fmt: skip
         sampler = subprocess.Popen([sys.executable, "-c", _SAMPLER, json.dumps(config)], stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, text=True, bufsize=1)  # fmt: skip
+        self._sampler = sampler
         assert sampler.stdin is not None and sampler.stdout is not None
         try:
             if sampler.stdout.readline().strip() != "ready":
@@ -843,7 +856,7 @@ class Observer:
 
     def _double_answers(self, since: float, until: float, window: float = 0.2) -> list[tuple[float, frozenset[str]]]:
         """Client requests for the VIP answered (unicast to the client) by two different MACs within `window`."""
-        frames = list(self.arp)
+        frames = [f for f in list(self.arp) if since <= f.at <= until + window]
         found = []
         for ask in frames:
             if not (ask.outgoing and ask.op == 1 and ask.target_ip == self.vip and since <= ask.at <= until):
