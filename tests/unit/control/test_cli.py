@@ -576,7 +576,17 @@ async def test_vip_create_list_delete(api: tuple[FakeApi, str], capsys: pytest.C
     assert created.code == 0, created.err
     assert fake.requests[-1].body == {"address": "2001:db8::10", "group": "edge", "mode": "floating", "preempt": True}
     listed = await cli(capsys, url, "vip", "list")
-    assert listed.out.splitlines()[1].split() == ["2001:db8::10", "edge", "floating", "-", "yes", "11"]
+    assert listed.out.splitlines()[1].split() == [
+        "2001:db8::10",
+        "edge",
+        "floating",
+        "!",
+        "none",
+        "-",
+        "-",
+        "yes",
+        "11",
+    ]
     deleted = await cli(capsys, url, "vip", "delete", "2001:db8::10", "--if-match", "11")
     assert deleted.code == 0, deleted.err
     assert (fake.requests[-1].method, fake.requests[-1].path) == ("DELETE", "/v1/vips/2001:db8::10")

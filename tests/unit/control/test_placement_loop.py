@@ -306,6 +306,11 @@ async def test_a_voluntary_release_is_reassigned_at_once(world: World) -> None:
     moved = await until(lambda: world.holder() == "lb2", "lb2 to get the VIP")
     assert world.assignment()["history"][-1]["reason"] == "released"
     assert moved - released < 5.0  # no lease wait (generous bound: only that it was not expiry-driven)
+    assert set(world.assignment()["refusals"]) == {"lb1"}  # not offered to lb1 again for a while
+    world.agents.unlink("lb2")
+    await world.report("lb2", False, "shutting down")
+    await until(lambda: world.assignment()["holder"] == "", "the VIP to be given up (nobody else may take it)")
+    assert set(world.assignment()["refusals"]) == {"lb1", "lb2"}
 
 
 async def test_nothing_is_placed_while_not_leading(world: World) -> None:

@@ -84,6 +84,17 @@ def test_a_voluntary_release_is_reassigned_at_once_and_not_given_back() -> None:
     assert (placed["10.0.0.1"].holder, placed["10.0.0.1"].reason) == ("b", "released")
 
 
+def test_a_holder_that_let_go_is_not_given_the_vip_back_in_the_same_round() -> None:
+    """It reported not holding at the current epoch (say its lease is not held yet): not a refusal known to the
+    planner, but handing it straight back would only make it release again."""
+    current = {"10.0.0.1": Assignment("10.0.0.1", holder="a", epoch=4)}
+    a = node("a", released=frozenset({"10.0.0.1"}))
+    placed = apply(current, [vip(1, preferred_node="a")], nodes(a, node("b")))
+    assert (placed["10.0.0.1"].holder, placed["10.0.0.1"].reason) == ("b", "released")
+    alone = apply(current, [vip(1)], nodes(a))
+    assert (alone["10.0.0.1"].holder, alone["10.0.0.1"].epoch) == ("", 5)
+
+
 def test_a_move_off_a_live_holder_waits_for_its_release_before_anyone_takes_it() -> None:
     current = {"10.0.0.1": Assignment("10.0.0.1", holder="a", epoch=4)}
     vips = [vip(1)]

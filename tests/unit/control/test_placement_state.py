@@ -114,6 +114,17 @@ async def test_a_plan_made_on_another_state_is_refused_whole(floating: Plane) ->
     assert floating.store.revision == revision and floating.store.get("assignment", "10.0.0.11") is None
 
 
+async def test_refusals_are_kept_until_they_run_out(floating: Plane) -> None:
+    await place(floating, change(holder="lb1"))
+    a = assignment(floating)
+    until = "2027-01-15T08:00:30.250Z"
+    await place(floating, change(before=planned(a), holder="lb2", reason="released", refuse={"lb1": until}))
+    assert assignment(floating)["refusals"] == {"lb1": until}
+    a = assignment(floating)
+    await place(floating, change(before=planned(a), holder="", reason="released"), at=AT + 31)
+    assert assignment(floating)["refusals"] == {}
+
+
 async def test_the_epoch_keeps_growing_when_a_vip_is_deleted_and_created_again(floating: Plane) -> None:
     await place(floating, change(holder="lb1"))
     old = assignment(floating)["epoch"]

@@ -7,7 +7,7 @@ from aiohttp import web
 from ..agents import NodeRegistry
 from ..raft import Consensus
 from ..state import StateStore
-from . import _apply, _backends, _cluster, _health, _nodes, _openapi, _resources, _watch
+from . import _apply, _backends, _cluster, _health, _nodes, _openapi, _placement, _resources, _watch
 from ._http import problems
 from ._keys import CONSENSUS, NODES, STORE
 from ._metrics import install as install_metrics
@@ -22,7 +22,7 @@ def build_app(store: StateStore, consensus: Consensus, nodes: NodeRegistry) -> w
     install_metrics(app, store, consensus, nodes)
     for kind in (_resources.SERVICE, _resources.VIP, _resources.VIP_GROUP):
         app.add_routes(_resources.routes(kind))
-    for module in (_backends, _nodes, _health, _apply, _watch, _cluster, _openapi):
+    for module in (_backends, _nodes, _placement, _health, _apply, _watch, _cluster, _openapi):
         app.add_routes(module.routes())
     _watch.install(app)
     return app

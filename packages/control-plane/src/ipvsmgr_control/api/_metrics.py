@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 
 from ..agents import NodeRegistry
 from ..raft import ClusterStatus, Consensus
-from ..state import StateStore
+from ..state import StateStore, owner
 from ._http import Handler
 
 REGISTRY_KEY = web.AppKey("metrics_registry", CollectorRegistry)
@@ -39,6 +39,7 @@ class StateCollector(Collector):
         yield _gauge("ipvsmgr_watchers", "Open watch subscriptions (SSE and agent streams)", self.store.hub.subscribers)
         yield from self._nodes()
         yield from self._health()
+        yield from self._placement()
 
     def _nodes(self) -> Iterator[GaugeMetricFamily]:
         nodes = [self.nodes.describe(n) for n in self.store.list_of("node")]
@@ -74,6 +75,23 @@ class StateCollector(Collector):
             down = sum(1 for e in self.store.objects.health_of(service=svc["name"]) if not e["healthy"])
             unhealthy.add_metric([svc["name"]], down)
         yield unhealthy
+
+    def _placement(self) -> Iterator[Metric]:
+        moves = CounterMetricFamily(
+            "ipvsmgr_vip_moves",
+            "Changes of a floating VIP's holder applied on this server, by reason "
+            "(placed, lease expired, released, preempted, operator, node drained, node left the group)",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self.store.vip_moves.items()):
+            moves.add_metric([reason], count)
+        yield moves
+        vips = self.store.objects.by_kind["vip"]
+        placed = self.store.objects.by_kind["assignment"]
+        unassigned = sum(
+            1 for address, vip in vips.items() if vip["mode"] == "floating" and not owner(placed.get(address))
+        )
+        yield _gauge("ipvsmgr_vips_unassigned", "Floating VIPs no node holds or is releasing", unassigned)
 
 
 ROLES = ("leader", "follower", "pre-candidate", "candidate", "failed")

@@ -180,8 +180,49 @@ VIP = {
         "mode": _enum(schema.VIP_MODES),
         "preferred_node": _nullable(NAME),
         "preempt": {"type": "boolean"},
+        "state": {
+            "type": "string",
+            "enum": ["held", "releasing", "unassigned", "all-nodes"],
+            "readOnly": True,
+            "description": "floating VIPs: held by `holder`, being given up by `releasing`, or held by nobody",
+        },
+        "holder": {**_nullable(NAME), "readOnly": True, "description": "the node holding a floating VIP"},
+        "epoch": {
+            **_nullable({"type": "integer", "minimum": 0}),
+            "readOnly": True,
+            "description": "fencing epoch of the assignment (the revision that made it); agents ignore older ones",
+        },
+        "since": {**_nullable(RFC3339), "readOnly": True, "description": "when the holder (or state) last changed"},
+        "releasing": {**_nullable(NAME), "readOnly": True, "description": "node asked to give the VIP up first"},
+        "target": {**_nullable(NAME), "readOnly": True, "description": "where the VIP goes once released"},
+        "reason": {**_nullable({"type": "string"}), "readOnly": True, "description": "why the last change"},
+        "lease_ttl": {**_nullable({"type": "number"}), "readOnly": True, "description": "from the VIP's group"},
+        "move": {
+            **_nullable({"type": "object", "properties": {"node": NAME, "since": RFC3339}}),
+            "readOnly": True,
+            "description": "an operator's move not yet acted on",
+        },
+        "history": {"type": "array", "readOnly": True, "items": _ref("VipMove"), "description": "last 20 moves"},
         **REVISIONS,
     },
+}
+VIP_MOVE = {
+    "type": "object",
+    "properties": {
+        "at": RFC3339,
+        "from": {"type": "string", "description": "previous holder (empty: none)"},
+        "to": {"type": "string", "description": "new holder (empty: none)"},
+        "reason": {
+            "type": "string",
+            "description": "placed, lease expired, released, preempted, operator, node drained, node left the group",
+        },
+    },
+}
+MOVE_REQUEST = {
+    "type": "object",
+    "required": ["node"],
+    "additionalProperties": False,
+    "properties": {"node": {**NAME, "description": "the node to move the VIP to"}},
 }
 VIP_GROUP = {
     "type": "object",
@@ -213,6 +254,9 @@ NODE = {
             "items": _ref("NodeHealth"),
             "description": "GET /v1/nodes/{id} only: every backend the node checks",
         },
+        "drained": {"type": "boolean", "description": "drained: its floating VIPs move off, none are placed on it"},
+        "drained_since": _nullable(RFC3339),
+        "vips": {"type": "array", "items": IP, "description": "floating VIPs it holds"},
     },
 }
 HOST_PORT = {"type": "string", "description": "HOST:PORT or [IPv6]:PORT, port 1-65535", "examples": ["10.0.0.4:8110"]}
@@ -347,6 +391,33 @@ def document() -> J:
         "get": {"summary": "Get a node", "responses": _ok(200, _ref("Node"))},
         "delete": {"summary": "Forget a node", "responses": _ok(204, None, "deleted")},
     }
+    id_param = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    paths["/v1/vips/{address}/move"] = {
+        "parameters": [{"name": "address", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "post": {
+            "summary": "Move a floating VIP to a node (the holder releases it first)",
+            "requestBody": _body(_ref("MoveRequest")),
+            "responses": {
+                **_ok(202, _ref("Vip"), "accepted; the VIP as it is now"),
+                "200": {
+                    "description": "the node already holds it",
+                    "content": {"application/json": {"schema": _ref("Vip")}},
+                },
+            },
+        },
+    }
+    paths["/v1/nodes/{id}/drain"] = {
+        "parameters": id_param,
+        "post": {
+            "summary": "Drain a node: its VIPs move off, none are placed on it",
+            "responses": _ok(200, _ref("Node")),
+        },
+        "delete": {"summary": "Undrain a node", "responses": _ok(200, _ref("Node"))},
+    }
+    paths["/v1/nodes/{id}/undrain"] = {
+        "parameters": id_param,
+        "post": {"summary": "Undrain a node", "responses": _ok(200, _ref("Node"))},
+    }
     paths["/v1/health"] = {
         "get": {
             "summary": "Backend health as each node reports it",
@@ -413,6 +484,8 @@ def document() -> J:
                 "Backend": BACKEND,
                 "HealthCheck": HEALTH_CHECK,
                 "Vip": VIP,
+                "VipMove": VIP_MOVE,
+                "MoveRequest": MOVE_REQUEST,
                 "VipGroup": VIP_GROUP,
                 "Node": NODE,
                 "HealthState": HEALTH_STATE,

@@ -13,6 +13,7 @@ from ..state import NotFound, PreconditionFailed, StateStore, schema
 from ._health import with_health
 from ._http import bad_request, if_match, json_response, propose, read_body, readable
 from ._keys import STORE
+from ._placement import with_placement
 
 Obj = dict[str, Any]
 OPTIMISTIC_RETRIES = 5
@@ -39,7 +40,7 @@ def _canonical_ip(text: str) -> str:
 
 
 SERVICE = Kind("service", "/v1/services", "name", schema.service, present=with_health)
-VIP = Kind("vip", "/v1/vips", "address", schema.vip, _canonical_ip)
+VIP = Kind("vip", "/v1/vips", "address", schema.vip, _canonical_ip, present=with_placement)
 VIP_GROUP = Kind("vip_group", "/v1/vip-groups", "name", schema.vip_group)
 
 

@@ -14,6 +14,8 @@ NODE_EXAMPLES = """\
 examples:
   ipvsmgr node list              # '!' marks nodes behind the cluster revision or disconnected
   ipvsmgr node get lb1
+  ipvsmgr node drain lb1         # its floating VIPs move off; none are placed on it
+  ipvsmgr node undrain lb1
   ipvsmgr node delete lb3        # forget a decommissioned node
 """
 
@@ -26,6 +28,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
     delete = add_command(nodes, "delete", _delete, parents, "forget a node")
     delete.add_argument("id")
     add_if_match(delete)
+    add_command(nodes, "drain", _drain, parents, "move a node's floating VIPs off it, place none on it").add_argument(
+        "id"
+    )
+    add_command(nodes, "undrain", _undrain, parents, "let a drained node take floating VIPs again").add_argument("id")
 
 
 def _cluster_revision(resp: Response) -> int | None:
@@ -66,16 +72,18 @@ def health_counts_text(node: dict[str, Any]) -> str:
 
 def nodes_table(nodes: list[dict[str, Any]], revision: int | None) -> str:
     """Applied revision next to the cluster's, with a SYNC column that flags laggards."""
-    headers = ("ID", "CONNECTED", "APPLIED", "CLUSTER", "SYNC", "DATAPLANE", "HEALTH", "LAST SEEN", "LAST ERROR")
+    headers = ("ID", "CONNECTED", "APPLIED", "CLUSTER", "SYNC", "DATAPLANE", "HEALTH", "VIPS", "LAST SEEN",
+               "LAST ERROR")  # fmt: skip
     rows = [
         (
-            cell(n.get("id")),
+            cell(n.get("id")) + (" (drained)" if n.get("drained") else ""),
             cell(bool(n.get("connected"))),
             cell(n.get("applied_revision")),
             cell(revision),
             sync_text(n, revision),
             cell(n.get("dataplane")),
             health_counts_text(n),
+            ",".join(n.get("vips") or []) or "-",
             cell(n.get("last_seen")),
             cell(n.get("last_error")),
         )
@@ -107,6 +115,20 @@ def node_details(node: dict[str, Any], revision: int | None) -> str:
     ]
     title = f"Unhealthy backends ({len(down)} of {len(health)} checked):"
     return key_values(pairs) + f"\n\n{title}\n" + table(("SERVICE", "BACKEND", "REASON", "SINCE"), rows)
+
+
+def _drain(ctx: Context, args: argparse.Namespace) -> int:
+    resp = ctx.client.request("POST", ("v1", "nodes", args.id, "drain"))
+    held = resp.body.get("vips") if isinstance(resp.body, dict) else None
+    moving = f"; its VIPs {', '.join(held)} move off" if held else ""
+    ctx.done(resp, f'node "{args.id}" drained{moving}')
+    return 0
+
+
+def _undrain(ctx: Context, args: argparse.Namespace) -> int:
+    resp = ctx.client.request("POST", ("v1", "nodes", args.id, "undrain"))
+    ctx.done(resp, f'node "{args.id}" undrained')
+    return 0
 
 
 def _delete(ctx: Context, args: argparse.Namespace) -> int:

@@ -8,14 +8,17 @@ from typing import Any
 from ._context import Context, add_command, add_group, add_if_match
 from ._output import cell, key_values, labels, table
 from ._specs import label, non_negative_int, positive_float
+from ._views import since_text
 
 MODES = ("floating", "all-nodes")
 
 VIP_EXAMPLES = """\
 examples:
-  ipvsmgr vip list
+  ipvsmgr vip list                        # who holds each floating VIP, since when
+  ipvsmgr vip get 10.0.0.10               # and its history of moves
   ipvsmgr vip create 10.0.0.10 --group edge --mode floating
   ipvsmgr vip create 2001:db8::10 --mode all-nodes
+  ipvsmgr vip move 10.0.0.10 lb2          # the holder releases it, then lb2 takes it
   ipvsmgr vip delete 10.0.0.10
 """
 
@@ -51,6 +54,9 @@ def _register_vip(
     delete = add_command(actions, "delete", _vip_delete, parents, "delete a VIP")
     delete.add_argument("address")
     add_if_match(delete)
+    move = add_command(actions, "move", _vip_move, parents, "move a floating VIP to a node", VIP_EXAMPLES)
+    move.add_argument("address")
+    move.add_argument("node", help="the node to move it to (live, in the VIP's group, not drained)")
 
 
 def _register_group(
@@ -76,14 +82,64 @@ def _vip_list(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def vips_table(vips: list[dict[str, Any]]) -> str:
-    """One row per VIP."""
-    headers = ("ADDRESS", "GROUP", "MODE", "PREFERRED NODE", "PREEMPT", "REVISION")
-    keys = ("address", "group", "mode", "preferred_node", "preempt", "mod_revision")
-    return table(headers, [tuple(cell(v.get(k)) for k in keys) for v in vips])
+    """One row per VIP: where a floating one is and since when."""
+    headers = ("ADDRESS", "GROUP", "MODE", "HOLDER", "SINCE", "PREFERRED NODE", "PREEMPT", "REVISION")
+    rows = [
+        (
+            cell(v.get("address")),
+            cell(v.get("group")),
+            cell(v.get("mode")),
+            holder_text(v),
+            since_text(v["since"]) if v.get("since") else "-",
+            cell(v.get("preferred_node")),
+            cell(v.get("preempt")),
+            cell(v.get("mod_revision")),
+        )
+        for v in vips
+    ]
+    return table(headers, rows)
+
+
+def holder_text(vip: dict[str, Any]) -> str:
+    """`lb1`; `lb1 -> lb2 (releasing)` while a move waits for the release; `! none` when nobody holds it."""
+    if vip.get("mode") != "floating":
+        return "(all nodes)"
+    if vip.get("holder"):
+        return str(vip["holder"])
+    if vip.get("releasing"):
+        return f"{vip['releasing']} -> {vip.get('target') or '?'} (releasing)"
+    return "! none"
 
 
 def _vip_get(ctx: Context, args: argparse.Namespace) -> int:
-    ctx.show(ctx.client.get("v1", "vips", args.address).body, _details)
+    ctx.show(ctx.client.get("v1", "vips", args.address).body, vip_details)
+    return 0
+
+
+def vip_details(vip: dict[str, Any]) -> str:
+    """Every field; a floating VIP's moves as a table, oldest first."""
+    fields = {k: v for k, v in vip.items() if k not in ("history", "move")}
+    text = _details(fields)
+    if vip.get("move"):
+        text += f"\nmove requested:  to {vip['move'].get('node')} at {since_text(vip['move'].get('since'))}"
+    history = vip.get("history") or []
+    if vip.get("mode") != "floating":
+        return text
+    if not history:
+        return text + "\n\nNo moves yet."
+    rows = [(since_text(h.get("at")), cell(h.get("from")), cell(h.get("to")), cell(h.get("reason"))) for h in history]
+    return text + f"\n\nMoves ({len(history)}):\n" + table(("AT", "FROM", "TO", "REASON"), rows)
+
+
+def _vip_move(ctx: Context, args: argparse.Namespace) -> int:
+    resp = ctx.client.request("POST", ("v1", "vips", args.address, "move"), {"node": args.node})
+    if resp.status == 200:
+        ctx.done(resp, f"VIP {args.address} is already held by {args.node}")
+    else:
+        body = resp.body if isinstance(resp.body, dict) else {}
+        holder = body.get("holder") or body.get("releasing")
+        first = f"; {holder} releases it first" if holder else ""
+        ctx.done(resp, f"VIP {args.address} is moving to {args.node}{first}")
     return 0
 
 

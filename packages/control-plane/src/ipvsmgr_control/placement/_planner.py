@@ -48,7 +48,7 @@ class NodeView:
     live: bool = False  # the leader hears its keep-alives: it can take a VIP now
     expired: bool = False  # a majority of servers has not heard from it for TTL + margin
     drained: bool = False  # the operator drains it: nothing new, its VIPs move off
-    refused: frozenset[str] = frozenset()  # VIPs it released on its own (a failed track check)
+    refused: frozenset[str] = frozenset()  # VIPs it gave up on its own lately (e.g. a failed track check)
     released: frozenset[str] = frozenset()  # VIPs it reports not holding at the current epoch
 
 
@@ -102,8 +102,8 @@ class _Planner:
         holder = self.nodes.get(a.holder)
         if holder is None or holder.expired:
             return self._reassign(vip, a, EXPIRED)
-        if vip["address"] in holder.released:
-            return self._reassign(vip, a, RELEASED)
+        if vip["address"] in holder.released:  # it gave the VIP up: never straight back to it
+            return self._reassign(vip, a, RELEASED, exclude=a.holder)
         reason, target = self._move_wanted(vip, a, holder)
         if not reason:
             return a
@@ -138,23 +138,23 @@ class _Planner:
             return replace(placed, holder=target, epoch=a.epoch + 1)
         return self._place(vip, placed, a.reason)
 
-    def _reassign(self, vip: Obj, a: Assignment, reason: str) -> Assignment:
+    def _reassign(self, vip: Obj, a: Assignment, reason: str, exclude: str = "") -> Assignment:
         self._unload(a.holder)
-        return self._place(vip, replace(a, holder="", epoch=a.epoch + 1, reason=reason), reason)
+        return self._place(vip, replace(a, holder="", epoch=a.epoch + 1, reason=reason), reason, exclude)
 
-    def _place(self, vip: Obj, a: Assignment, reason: str) -> Assignment:
-        """The best eligible node: the preferred one, else the least loaded (stable tie-break)."""
-        choice = self._choose(vip)
+    def _place(self, vip: Obj, a: Assignment, reason: str, exclude: str = "") -> Assignment:
+        """The best eligible node (not `exclude`): the preferred one, else the least loaded (stable tie-break)."""
+        choice = self._choose(vip, exclude)
         if not choice:
             return a
         self.load[choice] += 1
         return replace(a, holder=choice, epoch=a.epoch + 1, reason=reason)
 
-    def _choose(self, vip: Obj) -> str:
+    def _choose(self, vip: Obj, exclude: str = "") -> str:
         for wanted in (self.moves.get(vip["address"]), vip.get("preferred_node")):
-            if wanted and self._fits(vip, wanted):
+            if wanted and wanted != exclude and self._fits(vip, wanted):
                 return str(wanted)
-        candidates = [n for n in self.nodes if self._fits(vip, n)]
+        candidates = [n for n in self.nodes if n != exclude and self._fits(vip, n)]
         return min(candidates, key=lambda n: (self.load[n], _spread(vip["address"], n)), default="")
 
     def _fits(self, vip: Obj, node_id: str, counted: bool = False) -> bool:
@@ -171,19 +171,22 @@ class _Planner:
 
 
 def ineligible(vip: Obj, group: Obj | None, node: NodeView | None, load: int) -> str:
-    """Why `node` cannot take `vip` now, in words ("" when it can); `load`: VIPs it has or is about to get."""
+    """Why `node` cannot take `vip` now, in words ("" when it can); `load`: VIPs it has or is about to get.
+
+    The most lasting reason comes first: that is the one an operator must act on.
+    """
     if node is None:
         return "is not a registered node"
-    if node.expired:
-        return "has not been heard from by a majority of servers for longer than its lease"
-    if not node.live:
-        return "has no live keep-alive (its agent is down or cannot reach the control plane)"
+    if not group_selects(group, node.labels):
+        return f"is not selected by the node_selector of vip group {vip['group']!r}"
     if node.drained:
         return "is drained"
     if vip["address"] in node.refused:
         return "gave this VIP up after a failed track check"
-    if not group_selects(group, node.labels):
-        return f"is not selected by the node_selector of vip group {vip['group']!r}"
+    if node.expired:
+        return "has not been heard from by a majority of servers for longer than its lease"
+    if not node.live:
+        return "has no live keep-alive (its agent is down or cannot reach the control plane)"
     cap = int((group or {}).get("max_vips_per_node") or 0)
     if cap and load >= cap:
         return f"already has {load} VIPs (max_vips_per_node of vip group {vip['group']!r} is {cap})"

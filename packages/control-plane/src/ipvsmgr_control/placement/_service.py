@@ -31,10 +31,11 @@ from typing import Any, Protocol
 import structlog
 
 from ..raft import ClusterStatus, MemberStatus, NoQuorum, NotLeader
-from ..state import ChangeBatch, StateStore
+from ..state import ChangeBatch, StateStore, rfc3339
 from ._liveness import MIN_MARGIN, ServerAges, expired, seconds_until_expiry, silent, threshold
-from ._planner import Change, plan
+from ._planner import RELEASED, Change, plan
 from ._views import (
+    REFUSAL_SECONDS,
     Liveness,
     assignments,
     consumed_moves,
@@ -287,7 +288,7 @@ class PlacementService:
         command = {
             "op": "place",
             "at": now,
-            "changes": [_change(c) for c in changes],
+            "changes": [_change(c, now) for c in changes],
             "consume": consume,
         }
         result = await self.consensus.propose(json.dumps(command, separators=(",", ":")).encode())
@@ -301,10 +302,15 @@ class PlacementService:
         return True
 
 
-def _change(change: Change) -> Obj:
-    """One change of a `place` command, applied only if the stored assignment is still the one planned from."""
+def _change(change: Change, now: float) -> Obj:
+    """One change of a `place` command, applied only if the stored assignment is still the one planned from.
+
+    A holder that let its VIP go on its own is refused that VIP for a while (`_views.REFUSAL_SECONDS`).
+    """
     a, before = change.assignment, change.previous
+    gave_up = a.reason == RELEASED and before.holder and before.holder != a.holder
     return {
+        "refuse": {before.holder: rfc3339(now + REFUSAL_SECONDS)} if gave_up else {},
         "address": a.address,
         "holder": a.holder,
         "epoch": a.epoch,

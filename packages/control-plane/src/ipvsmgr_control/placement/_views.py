@@ -16,8 +16,9 @@ from ._planner import Assignment, Change, NodeView
 
 Obj = dict[str, Any]
 REFUSAL_SECONDS = 30.0
-"""A node that gave a VIP up after a failed track check is not offered it again for this long (or until it
-reports holding it again): long enough for the other nodes to take it, short enough to retry a fixed node."""
+"""A holder that gives its VIP up on its own (a failed track check, its lease lost, the address could not be
+added, shutting down) is not offered that VIP again for this long: the VIP goes elsewhere instead of
+bouncing back to a node that cannot hold it, and a node that recovers gets it back after a while."""
 MOVE_TIMEOUT = 60.0
 """An operator's move that the planner could not act on for this long is dropped (the target never fit)."""
 
@@ -61,11 +62,6 @@ def owner_ttls(objects: Objects, current: Mapping[str, Assignment]) -> dict[str,
     return ttls
 
 
-def is_track_check(reason: str) -> bool:
-    """Agents say `track-check-failed` or `track check failed: <check>`."""
-    return reason.lower().replace("-", " ").startswith("track check")
-
-
 def unix(rfc3339: str) -> float:
     try:
         return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
@@ -74,13 +70,12 @@ def unix(rfc3339: str) -> float:
 
 
 def refusals(objects: Objects, now: float) -> dict[tuple[str, str], float]:
-    """(node, address) given up after a failed track check and not held since, with when the refusal ends."""
+    """(node, address) pairs still refused (the node gave that VIP up on its own), with when each ends."""
     found = {}
-    for h in objects.by_kind["holding"].values():
-        if not h["held"] and is_track_check(h["reason"]):
-            ends = unix(h["since"]) + REFUSAL_SECONDS
-            if ends > now:
-                found[(h["node"], h["address"])] = ends
+    for address, a in objects.by_kind["assignment"].items():
+        for node, until in a.get("refusals", {}).items():
+            if (ends := unix(until)) > now:
+                found[(node, address)] = ends
     return found
 
 

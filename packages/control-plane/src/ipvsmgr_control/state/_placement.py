@@ -2,8 +2,8 @@
 
 - `assignment` (key: VIP address) is written only by the leader's placement loop, one `place` command
   per planning round: `{"op": "place", "at": <unix time>, "changes": [{"address", "holder", "epoch",
-  "releasing", "target", "reason", "expect": {"holder", "epoch", "releasing", "target"}}],
-  "consume": [<addresses whose move request is done>]}`. Each change applies only if the stored
+  "releasing", "target", "reason", "refuse": {node: until}, "expect": {"holder", "epoch", "releasing",
+  "target"}}], "consume": [<addresses whose move request is done>]}`. Each change applies only if the stored
   assignment is still the one it was planned from (`expect`); otherwise the whole command is refused,
   so a plan made on an older state (a deposed leader's, a forwarded one) never lands.
 - The fencing epoch of an assignment is the revision of the command that bumped it: it only grows,
@@ -118,6 +118,9 @@ def _next_assignment(old: Obj | None, change: Obj, at: str, revision: int) -> Ob
     }
     moved = (before["holder"], before["releasing"]) != (new["holder"], new["releasing"])
     new["since"] = at if moved or old is None else old["since"]
+    # Nodes that gave this VIP up on their own, and until when they are not offered it again.
+    refusals = {node: until for node, until in (old or {}).get("refusals", {}).items() if until > at}
+    new["refusals"] = {**refusals, **change.get("refuse", {})}
     history = list(old.get("history", [])) if old is not None else []
     if owner(new) != owner(old):
         history.append({"at": at, "from": owner(old), "to": new["holder"], "reason": new["reason"]})

@@ -487,11 +487,13 @@ def _check_families(c: Checker, svc: Obj) -> None:
 
 
 VIP_FIELDS = ("address", "group", "mode", "preferred_node", "preempt")
+# Shown on VIPs by GET (their placement, decided by the leader) but never written: accepted back and ignored.
+VIP_READ_ONLY = ("state", "holder", "epoch", "since", "releasing", "target", "reason", "lease_ttl", "move", "history")
 
 
 def vip(body: Any, path: str = "") -> Obj:
     c = Checker(body, path)
-    c.unknown(VIP_FIELDS)
+    c.unknown(VIP_FIELDS + VIP_READ_ONLY)
     out: Obj = {
         "address": c.get("address", ip, required=True),
         "group": c.get("group", name, "default"),
