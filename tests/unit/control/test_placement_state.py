@@ -207,6 +207,16 @@ async def test_deleting_or_demoting_a_vip_takes_its_placement_along(floating: Pl
     assert floating.store.list_of("holding") == []
 
 
+async def test_a_deleted_node_can_still_confirm_the_release_of_a_vip_it_holds(floating: Plane) -> None:
+    await place(floating, change(holder="lb1"))
+    a = assignment(floating)
+    await place(floating, change(before=planned(a), releasing="lb1", reason="node left the group"))
+    await propose(floating, {"op": "delete", "kind": "node", "key": "lb1"})
+    epoch = assignment(floating)["epoch"]
+    assert (await holdings(floating, "lb1", holding(epoch, False, "reassigned")))["stored"] == 1
+    assert (await holdings(floating, "lb3", holding(epoch, False)))["ignored"] == 1  # not its VIP
+
+
 async def test_deleting_a_node_takes_its_holdings_drain_and_moves_along(floating: Plane) -> None:
     await holdings(floating, "lb2", holding(5, True))
     await put(floating, "drain", {"node": "lb2", "drained": True, "since": "x"})

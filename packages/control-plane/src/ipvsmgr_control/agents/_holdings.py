@@ -21,7 +21,16 @@ import structlog
 from ipvsmgr_proto import v1
 
 from ..raft import Consensus
-from ..state import StateStore, holding_entry, holding_key, older_holding, rfc3339, same_holding, schema
+from ..state import (
+    StateStore,
+    accepts_holding,
+    holding_entry,
+    holding_key,
+    older_holding,
+    rfc3339,
+    same_holding,
+    schema,
+)
 
 log = structlog.get_logger(__name__)
 Obj = dict[str, Any]
@@ -41,7 +50,7 @@ class HoldingRecorder:
         async with asyncio.timeout(self.propose_timeout):
             await self.consensus.read_barrier()
             news = self._news(node, reported)
-            if not news or self.store.get("node", node) is None:
+            if not news:
                 return
             command = {"op": "holding", "node": node, "set": news}
             result = await self.consensus.propose(json.dumps(command, separators=(",", ":")).encode())
@@ -52,10 +61,9 @@ class HoldingRecorder:
         """Reported holdings that differ from the stored ones and are not older than them."""
         news = []
         for wanted in reported:
-            vip = self.store.get("vip", wanted["address"])
-            stored = self.store.get("holding", holding_key(node, wanted["address"]))
-            if vip is None or vip["mode"] != "floating":
+            if not accepts_holding(self.store.objects, node, wanted["address"]):
                 continue
+            stored = self.store.get("holding", holding_key(node, wanted["address"]))
             if not same_holding(stored, wanted) and not older_holding(stored, wanted):
                 news.append({k: wanted[k] for k in ("address", "epoch", "held", "reason", "since")})
         return news

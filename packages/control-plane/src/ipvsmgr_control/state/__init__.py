@@ -6,7 +6,16 @@ from ._declarative import diff as apply_diff
 from ._errors import REJECTIONS, Conflict, FieldError, NotFound, PreconditionFailed, ValidationError, WriteRejected
 from ._health import health_entry, rfc3339, same_health
 from ._objects import backend_ids, content, health_key
-from ._placement import HISTORY_LIMIT, holding_entry, holding_key, older_holding, owner, planned_fields, same_holding
+from ._placement import (
+    HISTORY_LIMIT,
+    accepts_holding,
+    holding_entry,
+    holding_key,
+    older_holding,
+    owner,
+    planned_fields,
+    same_holding,
+)
 from ._store import StateStore
 
 __all__ = [
@@ -24,6 +33,7 @@ __all__ = [
     "ValidationError",
     "WatchHub",
     "WriteRejected",
+    "accepts_holding",
     "apply_diff",
     "backend_ids",
     "content",

@@ -12,6 +12,7 @@
 - `holding` (key: `node/address`) is what a node last reported of one VIP: `{"op": "holding", "node",
   "set": [{"address", "epoch", "held", "reason", "since"}]}`. A report older than the stored one
   (lower epoch, or same epoch and earlier `since`) is ignored: a retried proposal must not undo news.
+  Holdings are taken from registered nodes, and from any node its VIP's assignment still names.
 - `drain` (key: node) and `move` (key: address) are written by the operator through the API.
 
 Cascades: deleting a VIP deletes its assignment, move request and holdings; making a VIP
@@ -143,19 +144,28 @@ def older_holding(stored: Obj | None, wanted: Obj) -> bool:
     return stored is not None and (wanted["epoch"], wanted["since"]) < (stored["epoch"], stored["since"])
 
 
+def accepts_holding(objects: ObjectSet, node: str, address: str) -> bool:
+    """A floating VIP's holding from a registered node, or from any node still named by its assignment.
+
+    The second case is a node deleted while it held the VIP: its release must still count, or the VIP
+    would wait for it forever.
+    """
+    vip = objects.get("vip", address)
+    if vip is None or vip["mode"] != "floating":
+        return False
+    return objects.get("node", node) is not None or node == owner(objects.get("assignment", address))
+
+
 def apply_holdings(command: dict[str, Any], cmd: Mutations) -> dict[str, Any]:
-    """Store one node's reported holdings; those of unknown nodes, non-floating VIPs or stale news are ignored."""
+    """Store one node's reported holdings; see `accepts_holding`; stale news is ignored too."""
     node, objects = command["node"], cmd.objects
-    if objects.get("node", node) is None:
-        return {"node": node, "stored": 0, "ignored": len(command.get("set", []))}
     stored = ignored = 0
     for item in command.get("set", []):
         wanted = holding_entry(node, item["address"], int(item["epoch"]), bool(item["held"]), str(item["reason"]),
                                str(item["since"]))  # fmt: skip
-        vip = objects.get("vip", wanted["address"])
         key = holding_key(node, wanted["address"])
         current = objects.get("holding", key)
-        if vip is None or vip["mode"] != "floating" or older_holding(current, wanted):
+        if not accepts_holding(objects, node, wanted["address"]) or older_holding(current, wanted):
             ignored += 1
             continue
         if cmd.put("holding", key, wanted) is not current:
