@@ -2,14 +2,17 @@
 
 python tests/bench/health_bench.py                           # tcp and http, 1,000 and 10,000 targets, 20 s each
 python tests/bench/health_bench.py --counts 1000 --seconds 5 --kinds tcp
+python tests/bench/health_bench.py --kinds http,http-close   # keep-alive backends, and ones that close
 
 Each row runs in a fresh checker process (so memory of one row does not carry into the next), which
 starts a backend process listening on N loopback ports (spread over 127.0.1.x) that accepts TCP
-connections and answers minimal HTTP 200s. The checker probes every target once a second (the agent's
-defaults otherwise: timeout 1 s, rise 2, fall 3), waits until all are up, then measures its own CPU
-(getrusage, the checker process only) and RSS over the window. Then the backend closes some listeners
-and the checker times each death to its DOWN transition; with fall 3 at 1 s the target is within one
-interval of 3 s. Nothing here asserts a timing.
+connections and answers minimal HTTP 200s: kept alive for kind http (so the checker reuses one
+connection per target, as it does with real servers), with `Connection: close` for kind http-close (a
+new connection per probe). The checker probes every target once a second (the agent's defaults
+otherwise: timeout 1 s, rise 2, fall 3), waits until all are up, then measures its own CPU (getrusage,
+the checker process only) and RSS over the window. Then the backend dies for some targets (closes their
+listeners and their open connections) and the checker times each death to its DOWN transition; with
+fall 3 at 1 s the target is within one interval of 3 s. Nothing here asserts a timing.
 """
 
 from __future__ import annotations
@@ -38,13 +41,23 @@ FALL = 3
 # Fixed ports below the ephemeral range: listeners on ephemeral ports leave connect() scanning a crowded
 # range for a free source port, which costs the checker hundreds of microseconds per probe.
 PORTS = range(20000, 21000)
-RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nok"
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+RESPONSE_CLOSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nok"
+NOFILE = 65536  # kept-alive connections: the backend holds a listener and a connection per target
 
 
 def raise_nofile() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):  # raising the hard limit needs root
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(hard, NOFILE), max(hard, NOFILE)))
+        return
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def check_kind(kind: str) -> str:
+    """The check type a bench kind runs: http-close is an http check against servers that close."""
+    return "http" if kind.startswith("http") else kind
 
 
 def memory_mb() -> tuple[float, float]:
@@ -65,13 +78,13 @@ def backend_addresses(count: int) -> list[tuple[str, int]]:
 
 
 class Backend:
-    def __init__(self, mode: str, count: int) -> None:
+    def __init__(self, mode: str, count: int, offset: int = 0) -> None:
         self.mode = mode
         self.poll = select.epoll()
         self.listeners: dict[int, socket.socket] = {}
         self.order: list[socket.socket] = []
-        self.conns: dict[int, socket.socket] = {}
-        candidates = backend_addresses(count * 2)
+        self.conns: dict[int, tuple[socket.socket, int]] = {}  # fd: (connection, its listener's fd)
+        candidates = backend_addresses(offset + count * 2)[offset:]
         while len(self.order) < count:
             sock = socket.socket()
             sock.setblocking(False)
@@ -106,17 +119,21 @@ class Backend:
             time.sleep(0.005)
 
     def command(self, line: str) -> bool:
-        """`kill K` closes the first K listeners; EOF (the checker is gone) ends the backend."""
+        """`kill K` closes the first K listeners and their connections; EOF (the checker is gone) ends the backend."""
         words = line.split()
         if not words:
             return False
         killed = []
+        dead = set()
         for sock in self.order[: int(words[1])]:
             if sock.fileno() in self.listeners:
                 killed.append(sock.getsockname())
+                dead.add(sock.fileno())
                 del self.listeners[sock.fileno()]
                 self.poll.unregister(sock.fileno())
                 sock.close()
+        for fd in [fd for fd, (_, listener) in self.conns.items() if listener in dead]:
+            self.drop(fd)
         print(json.dumps({"killed": killed, "at": time.time()}), flush=True)
         return True
 
@@ -126,37 +143,48 @@ class Backend:
                 conn, _ = listener.accept()
             except BlockingIOError:
                 return
-            except OSError:
+            except (ConnectionAbortedError, ConnectionResetError):
                 continue  # the client gave up (reset) before we accepted
+            except OSError as err:  # out of descriptors: the connection waits in the queue
+                print(f"backend: accept: {err}", file=sys.stderr, flush=True)
+                return
             if self.mode == "tcp":
                 conn.close()
                 continue
             conn.setblocking(False)
-            self.conns[conn.fileno()] = conn
-            self.answer(conn.fileno(), registered=False)
+            self.conns[conn.fileno()] = (conn, listener.fileno())
+            self.poll.register(conn.fileno(), select.EPOLLIN)
+            self.answer(conn.fileno())  # the request is usually there already
 
-    def answer(self, fd: int, registered: bool = True) -> None:
-        conn = self.conns[fd]
+    def answer(self, fd: int) -> None:
+        """One reply per request head read; kept alive (http) until the client closes, or closed (http-close)."""
+        conn, _ = self.conns[fd]
         try:
-            data = conn.recv(4096)
+            data = conn.recv(65536)
         except BlockingIOError:
-            if not registered:
-                self.poll.register(fd, select.EPOLLIN)
             return
         except OSError:
             data = b""
-        if data:
+        if data and self.mode == "http":
+            try:
+                conn.send(RESPONSE * max(1, data.count(b"\r\n\r\n")))
+                return
+            except OSError:
+                pass
+        elif data:
             with contextlib.suppress(OSError):
-                conn.send(RESPONSE)
-        if registered:
-            self.poll.unregister(fd)
-        del self.conns[fd]
+                conn.send(RESPONSE_CLOSE)
+        self.drop(fd)
+
+    def drop(self, fd: int) -> None:
+        conn, _ = self.conns.pop(fd)
+        self.poll.unregister(fd)
         conn.close()
 
 
-def backend_main(mode: str, count: int) -> None:
+def backend_main(mode: str, count: int, offset: int) -> None:
     raise_nofile()
-    backend = Backend(mode, count)
+    backend = Backend(mode, count, offset)
     print(json.dumps(backend.targets()), flush=True)
     backend.run()
 
@@ -164,7 +192,26 @@ def backend_main(mode: str, count: int) -> None:
 # -- checker process ------------------------------------------------------------------------------
 
 
-async def start_backend(kind: str, count: int) -> tuple[asyncio.subprocess.Process, list[tuple[str, int]]]:
+async def start_backends(kind: str, count: int) -> tuple[list[asyncio.subprocess.Process], list[tuple[str, int]]]:
+    """Enough backend processes for `count` targets within each one's descriptor limit (kept-alive
+    connections need two descriptors per target on the backend's side: the listener and the connection)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    share = max(1, (soft - 256) // 2) if kind == "http" else count
+    procs: list[asyncio.subprocess.Process] = []
+    targets: list[tuple[str, int]] = []
+    try:
+        for first in range(0, count, share):
+            proc, some = await start_backend(kind, min(share, count - first), 2 * first)
+            procs.append(proc)
+            targets += some
+    except BaseException:
+        for proc in procs:
+            await stop_backend(proc)
+        raise
+    return procs, targets
+
+
+async def start_backend(kind: str, count: int, offset: int) -> tuple[asyncio.subprocess.Process, list[tuple[str, int]]]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(HERE),
@@ -172,6 +219,8 @@ async def start_backend(kind: str, count: int) -> tuple[asyncio.subprocess.Proce
         kind,
         "--count",
         str(count),
+        "--offset",
+        str(offset),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         limit=64 * 1024 * 1024,
@@ -193,16 +242,21 @@ async def stop_backend(proc: asyncio.subprocess.Process) -> None:
             await proc.wait()
 
 
-REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+REQUEST_CLOSE = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
 RESET = struct.pack("ii", 1, 0)
 
 
 def kernel_floor(kind: str, targets: list[tuple[str, int]], probes: int = 3000) -> float:
     """CPU seconds per probe of the same system calls with no engine around them, in batches of 100.
 
-    socket, connect, epoll (one-shot), for http a request and a read, then a reset close: what any
-    checker written in Python pays on this machine, the loopback handshake of both ends included.
+    socket, connect, epoll (one-shot), for http-close a request and a read, then a reset close: what any
+    checker written in Python pays on this machine, the loopback handshake of both ends included. For
+    http, kept-alive connections (opened outside the measurement): the request, one-shot epoll, the read,
+    and re-arming for reading (the checker watches idle connections for the server closing them).
     """
+    if kind == "http":
+        return keepalive_floor(targets, probes)
     poll = select.epoll()
     before = resource.getrusage(resource.RUSAGE_SELF)
     for first in range(0, probes, 100):
@@ -215,12 +269,12 @@ def kernel_floor(kind: str, targets: list[tuple[str, int]], probes: int = 3000) 
         while socks:
             for fd, _ in poll.poll(1.0):
                 sock, sent = socks[fd]
-                if kind == "http" and not sent[0]:
-                    sock.send(REQUEST)
+                if kind == "http-close" and not sent[0]:
+                    sock.send(REQUEST_CLOSE)
                     sent[0] = True
                     poll.modify(fd, select.EPOLLIN | select.EPOLLONESHOT)
                     continue
-                if kind == "http":
+                if kind == "http-close":
                     sock.recv(65536)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
                 sock.close()
@@ -228,6 +282,33 @@ def kernel_floor(kind: str, targets: list[tuple[str, int]], probes: int = 3000) 
     after = resource.getrusage(resource.RUSAGE_SELF)
     poll.close()
     return (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / probes
+
+
+def keepalive_floor(targets: list[tuple[str, int]], probes: int) -> float:
+    poll = select.epoll()
+    socks: dict[int, socket.socket] = {}
+    for address, port in targets[:100]:
+        sock = socket.create_connection((address, port))
+        sock.setblocking(False)
+        poll.register(sock.fileno(), select.EPOLLIN | select.EPOLLONESHOT)
+        socks[sock.fileno()] = sock
+    waiting = set()
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    for _ in range(0, probes, len(socks)):
+        for fd, sock in socks.items():
+            sock.send(REQUEST)
+            waiting.add(fd)
+        while waiting:
+            for fd, _ in poll.poll(1.0):
+                socks[fd].recv(65536)
+                poll.modify(fd, select.EPOLLIN | select.EPOLLONESHOT)
+                waiting.discard(fd)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    for sock in socks.values():
+        sock.close()
+    poll.close()
+    done = len(socks) * -(-probes // len(socks))
+    return (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / done
 
 
 async def until(check: Any, limit: float) -> bool:
@@ -245,7 +326,7 @@ async def checker(kind: str, count: int, seconds: float, kill: int) -> dict[str,
     from ipvsmgr_agent.health import CheckResult, CheckSpec, HealthMetrics, HealthMonitor
 
     raise_nofile()
-    proc, targets = await start_backend(kind, count)
+    procs, targets = await start_backends(kind, count)
     try:
         floor = kernel_floor(kind, targets)
         registry = CollectorRegistry()
@@ -263,14 +344,16 @@ async def checker(kind: str, count: int, seconds: float, kill: int) -> dict[str,
                 reasons[result.reason] += 1
 
         monitor = HealthMonitor(on_change, HealthMetrics(registry))
-        params = (("expect_status", ((200, 399),)), ("method", "GET"), ("path", "/")) if kind == "http" else ()
+        spec_kind = check_kind(kind)
+        params = (("expect_status", ((200, 399),)), ("method", "GET"), ("path", "/")) if spec_kind == "http" else ()
         for address, port in targets:
-            monitor.acquire(CheckSpec(kind, address, port, INTERVAL, 1.0, 2, FALL, params))
+            monitor.acquire(CheckSpec(spec_kind, address, port, INTERVAL, 1.0, 2, FALL, params))
         all_up = await until(lambda: len(up) == count, 30)
         await asyncio.sleep(2.0)  # warm-up: every check has settled into its period
 
         def probes() -> float:
-            return registry.get_sample_value("ipvsmgr_agent_health_check_duration_seconds_count", {"kind": kind}) or 0
+            count = registry.get_sample_value("ipvsmgr_agent_health_check_duration_seconds_count", {"kind": spec_kind})
+            return count or 0
 
         downs_before, probes_before = len(downs), probes()
         usage_before, wall_before = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
@@ -290,12 +373,13 @@ async def checker(kind: str, count: int, seconds: float, kill: int) -> dict[str,
             "floor_us": floor * 1e6,
             "load": os.getloadavg()[0],
         }
-        measured.update(await deaths(proc, downs, kill))
+        measured.update(await deaths(procs[0], downs, kill))  # kill is at most 100, a share at least 1,000
         measured["hwm_mb"] = memory_mb()[1]
         await monitor.close()
         return measured
     finally:
-        await stop_backend(proc)
+        for proc in procs:
+            await stop_backend(proc)
 
 
 async def deaths(proc: asyncio.subprocess.Process, downs: dict[tuple[str, int], float], kill: int) -> dict[str, Any]:
@@ -373,15 +457,16 @@ def print_table(rows: list[dict[str, Any]], seconds: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", default="1000,10000", help="comma-separated target counts")
-    parser.add_argument("--kinds", default="tcp,http", help="comma-separated: tcp, http")
+    parser.add_argument("--kinds", default="tcp,http", help="comma-separated: tcp, http, http-close")
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring window per row")
     parser.add_argument("--kill", type=int, default=0, help="backends to kill per row (default: 1%%, 10..100)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.backend:
-        backend_main(args.backend, args.count)
+        backend_main(args.backend, args.count, args.offset)
         return
     if args.worker:
         print(json.dumps(asyncio.run(checker(args.worker, args.count, args.seconds, args.kill))), flush=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import resource
 import select
 import socket
 import ssl
@@ -28,6 +29,19 @@ class Probe(Protocol):
 
 
 Starter = Callable[[Done], Probe]
+
+
+class Kept(Protocol):
+    """A connection that outlives its probe (HTTP keep-alive), held by the context until it is closed."""
+
+    def expire(self, now: float) -> None:
+        """Close the connection if it has been idle past its limit (its check was released, or is late)."""
+
+    def abort(self) -> None:
+        """Close the connection now; a probe in flight on it never reports."""
+
+
+SWEEP = 1.0  # seconds between looks for kept connections idle past their limit
 
 
 class Poller:
@@ -70,6 +84,10 @@ class ProbeContext:
         self.poller = Poller(loop)
         self.tasks: set[asyncio.Task[None]] = set()
         self._tls: dict[bool, ssl.SSLContext] = {}
+        # Connections kept open between probes, so that releasing a check or closing the monitor closes them.
+        self.kept: set[Kept] = set()
+        self.keep_budget = keep_budget()
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def tls(self, verify: bool) -> ssl.SSLContext:
         """Loading the CA store takes milliseconds and megabytes, so each context is made once."""
@@ -88,8 +106,42 @@ class ProbeContext:
         task.add_done_callback(self.tasks.discard)
         return task
 
+    def hold(self, conn: Kept) -> None:
+        self.kept.add(conn)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(SWEEP, self._sweep)
+
+    def drop(self, conn: Kept) -> None:
+        self.kept.discard(conn)
+
+    def _sweep(self) -> None:
+        """The monitor does not tell a prober that its check was released: an idle connection that no
+        probe has taken for longer than its check's interval allows is closed here."""
+        now = self.loop.time()
+        for conn in list(self.kept):
+            conn.expire(now)
+        self._sweeper = self.loop.call_later(SWEEP, self._sweep) if self.kept else None
+
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in list(self.kept):
+            conn.abort()
+        self.kept.clear()
         self.poller.close()
+
+
+def keep_budget() -> int:
+    """How many connections may stay open between probes: most of the soft file descriptor limit.
+
+    A quarter (at least 256) is left to the rest of the agent; past the budget, probes open a connection
+    each time, as if the server did not keep connections alive, instead of failing for want of descriptors.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(0, soft - max(256, soft // 4))
 
 
 def error_reason(code: int) -> str:
@@ -201,3 +253,4 @@ class SocketProbe:
             # hold hundreds of thousands of them.
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
         self._sock.close()
+        self._registered = self._armed = False  # a subclass may open another socket
