@@ -1,7 +1,7 @@
 """Floating-VIP failover: ipvsmgr against keepalived, in the same network-namespace lab (tests/_support/vip_lab.py).
 
     python tests/bench/vip_failover.py                                  # 20 runs, both profiles, with keepalived
-    python tests/bench/vip_failover.py --runs 5 --profiles fast --skip-keepalived
+    python tests/bench/vip_failover.py --runs 5 --profiles fast --skip-keepalived --graceful-spacing 0
     nox -s bench -- vips [same flags]
 
 Root, `ip netns` and nftables are needed. Per profile (default: lease TTL 1.0 s, `--raft-profile default`, against
@@ -10,14 +10,18 @@ for each system, with the client probing VIP:8080 every 20 ms:
 
     node death   the holder's software killed -9, then its link set down; time until the first probe served by
                  another node (probe completed, counted from the kill)
-    graceful     SIGTERM to the holder's agent / keepalived; the same time
+    graceful     SIGTERM to the holder's agent / keepalived; the same time. ipvsmgr's graceful stops are spaced
+                 --graceful-spacing apart (31 s): its control plane refuses a VIP for 30 s to a node that let it
+                 go, so spaced stops measure a release with every standby eligible
+    rolling      graceful stops back to back (a rolling restart): each standby may still be refused
     split        the holder loses sight of the other load balancers (and, for ipvsmgr, of the control-plane
                  majority: it keeps only the leader) while the client still reaches every node, for 5 s (default)
                  or 2 s (fast), then the cut heals: how long two nodes held the VIP at once, how many probes failed
                  during the cut, and how many failed after the heal and for how long (a client whose ARP entry
                  points at a node that gave the VIP up is black-holed)
 
-Every run also counts the observer's overlap moments (sampled every ~10 ms): they must be 0 for ipvsmgr. Times are
+Every run also counts the observer's overlap moments (sampled every ~10 ms), and so does each whole session,
+restores between runs included: they must be 0 for ipvsmgr (the exit status is 1 otherwise). Times are
 min / median / p99 (nearest rank) over the runs; the ratio is ipvsmgr's median over keepalived's. Each run, wait
 and the whole lab are bounded in time; every process is stopped by PID, every namespace deleted.
 """
@@ -44,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _support.vip_lab import PROFILES, SERVERS, KeepalivedLab, Observation, VipLab, lab_unavailable
 
-SCENARIOS = ("node death", "graceful")
+SCENARIOS = ("node death", "graceful", "rolling")
+GRACEFUL_SPACING = 31.0  # the control plane refuses a VIP for 30 s to a node that let it go (placement)
 CUT_SECONDS = {"default": 5.0, "fast": 2.0}
 RUN_TIMEOUT = 30.0  # a failover that takes longer is recorded as failed, and the run moves on
 QUIET_AFTER_HEAL = 3.0  # the split run ends after this long without a failed probe ...
@@ -69,6 +74,7 @@ class Run:
     failed_during_cut: int = 0
     timeline: str = ""
     note: str = ""
+    at: float = 0.0  # when the fault was injected (monotonic)
 
 
 @dataclass
@@ -77,6 +83,10 @@ class Result:
     profile: str
     runs: list[Run] = field(default_factory=list)
     error: str = ""
+    # Over the whole session, restores between runs included (an agent restarted there is watched too).
+    session_overlap_moments: int = 0
+    session_overlap_seconds: float = 0.0
+    session_overlaps: list[str] = field(default_factory=list)
 
     def of(self, scenario: str) -> list[Run]:
         return [r for r in self.runs if r.scenario == scenario]
@@ -154,10 +164,11 @@ def _find(results: Sequence[Result], system: str, profile: str) -> Result | None
 # -- runs ------------------------------------------------------------------------------------------
 
 
-def failover_run(lab: Lab, scenario: str) -> Run:
-    """Restore, pick the holder, inject the fault, wait for the client to be served by another node."""
+def failover_run(lab: Lab, scenario: str, not_before: float = 0.0) -> Run:
+    """Restore, pick the holder, wait until `not_before` (monotonic), inject the fault, wait for the client to be
+    served by another node."""
     holder = lab.restore()
-    lab.settle(RESTORE_SETTLE)
+    lab.settle(max(RESTORE_SETTLE, not_before - time.monotonic()))
     holder = lab.holder()
     inject: Callable[[str], float] = lab.node_death if scenario == "node death" else lab.graceful_stop
     start = inject(holder)
@@ -165,10 +176,10 @@ def failover_run(lab: Lab, scenario: str) -> Run:
         probe = lab.wait_served(start, exclude=[holder], timeout=RUN_TIMEOUT)
     except TimeoutError as exc:
         obs = lab.observe(start)
-        return Run(scenario, holder, None, None, obs.overlap_rounds, obs.overlap_seconds, note=str(exc)[:200])
+        return Run(scenario, holder, None, None, obs.overlap_rounds, obs.overlap_seconds, note=str(exc)[:200], at=start)
     lab.settle(0.5)  # an overlap right after the take-over must show in this run's window
     obs = lab.observe(start)
-    return Run(scenario, holder, probe.end - start, probe.lb, obs.overlap_rounds, obs.overlap_seconds)
+    return Run(scenario, holder, probe.end - start, probe.lb, obs.overlap_rounds, obs.overlap_seconds, at=start)
 
 
 def split_run(lab: Lab, profile: str) -> tuple[Run, Observation]:
@@ -202,26 +213,52 @@ def _wait_quiet(lab: Lab, heal: float) -> None:
             return
 
 
-def run_system(make: Callable[[], L], system: str, profile: str, runs: int, split_runs: int, verbose: bool) -> Result:
+@dataclass(frozen=True)
+class Plan:
+    """How many runs of each kind, and how far apart graceful stops are (0: back to back)."""
+
+    runs: int
+    rolling_runs: int
+    split_runs: int
+    spacing: float
+
+    def count(self, scenario: str) -> int:
+        return {"node death": self.runs, "graceful": self.runs, "rolling": self.rolling_runs}[scenario]
+
+
+def run_system(make: Callable[[], L], system: str, profile: str, plan: Plan, verbose: bool) -> Result:
     result = Result(system, profile)
-    print(f"\n== {system}, profile {profile}: {runs} runs per scenario, {split_runs} split runs", flush=True)
+    print(f"\n== {system}, profile {profile}: {plan}", flush=True)
     try:
         with make() as lab:
             for scenario in SCENARIOS:
-                for i in range(runs):
-                    run = failover_run(lab, scenario)
+                last_stop = -math.inf
+                for i in range(plan.count(scenario)):
+                    spaced = scenario == "graceful" and system == "ipvsmgr"
+                    run = failover_run(lab, scenario, last_stop + plan.spacing if spaced else 0.0)
+                    last_stop = run.at
                     result.runs.append(run)
                     _progress(system, profile, scenario, i, run)
-            for i in range(split_runs):
+            for i in range(plan.split_runs):
                 run, obs = split_run(lab, profile)
                 result.runs.append(run)
                 _progress(system, profile, "split", i, run)
                 if verbose or (system == "ipvsmgr" and not obs.clean):
                     print(obs.summary(), flush=True)
+            _session(result, lab)
     except Exception as exc:  # reported in the table; the other systems and profiles still run
         result.error = f"{type(exc).__name__}: {exc}"
         print(f"!! {system} {profile} stopped: {result.error}", flush=True)
     return result
+
+
+def _session(result: Result, lab: Lab) -> None:
+    """Every overlap the observer saw since the lab started, with who held and what the lab was doing then."""
+    whole = lab.observer.observe(lab.observer.started)
+    result.session_overlap_moments, result.session_overlap_seconds = whole.overlap_rounds, whole.overlap_seconds
+    for begin, end, holders in whole.overlaps:
+        before = [label for at, label in whole.marks if at <= begin][-2:]
+        result.session_overlaps.append(f"{end - begin:.3f}s {'+'.join(sorted(holders))} after {before}")
 
 
 def _progress(system: str, profile: str, scenario: str, i: int, run: Run) -> None:
@@ -256,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20, help="runs per failover scenario (default 20)")
     parser.add_argument("--split-runs", type=int, default=None, help="split-brain runs (default: min(runs, 10))")
+    parser.add_argument("--rolling-runs", type=int, default=None, help="back-to-back graceful stops (min(runs, 10))")
+    spacing = f"seconds between ipvsmgr's spaced graceful stops (default {GRACEFUL_SPACING:g})"
+    parser.add_argument("--graceful-spacing", type=float, default=GRACEFUL_SPACING, help=spacing)
     parser.add_argument("--profiles", default="default,fast", help="comma-separated: default, fast")
     parser.add_argument("--skip-keepalived", action="store_true", help="measure ipvsmgr only")
     parser.add_argument("--json", type=Path, default=None, help="also write every run here")
@@ -268,30 +308,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     split_runs = min(args.runs, 10) if args.split_runs is None else args.split_runs
+    rolling_runs = min(args.runs, 10) if args.rolling_runs is None else args.rolling_runs
+    plan = Plan(args.runs, rolling_runs, split_runs, args.graceful_spacing)
     if why := lab_unavailable():
         print(f"cannot run the VIP lab here: {why}")
         return 2
     keepalived_why = None if args.skip_keepalived else ensure_keepalived()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vip-failover-"))
     print(f"logs under {workdir}; keepalived: {keepalived_why or ('skipped' if args.skip_keepalived else 'yes')}")
-    results = measure(profiles, args.runs, split_runs, workdir, args.skip_keepalived or keepalived_why is not None,
-                      args.verbose)  # fmt: skip
+    results = measure(profiles, plan, workdir, args.skip_keepalived or keepalived_why is not None, args.verbose)
     report(results, profiles, args, keepalived_why)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
-    unsafe = sum(r.overlap_moments for res in results if res.system == "ipvsmgr" for r in res.runs)
+    unsafe = sum(r.session_overlap_moments for r in results if r.system == "ipvsmgr")
     return 1 if unsafe or any(r.error for r in results) else 0
 
 
-def measure(profiles: Sequence[str], runs: int, split_runs: int, workdir: Path, skip_keepalived: bool,
-            verbose: bool) -> list[Result]:  # fmt: skip
+def measure(profiles: Sequence[str], plan: Plan, workdir: Path, skip_keepalived: bool, verbose: bool) -> list[Result]:
     results = []
     for profile in profiles:
         ours = functools.partial(VipLab, workdir / f"ipvsmgr-{profile}", profile)
-        results.append(run_system(ours, "ipvsmgr", profile, runs, split_runs, verbose))
+        results.append(run_system(ours, "ipvsmgr", profile, plan, verbose))
         if not skip_keepalived:
             theirs = functools.partial(KeepalivedLab, workdir / f"keepalived-{profile}", profile)
-            results.append(run_system(theirs, "keepalived", profile, runs, split_runs, verbose))
+            results.append(run_system(theirs, "keepalived", profile, plan, verbose))
     return results
 
 
@@ -304,6 +344,12 @@ def report(results: Sequence[Result], profiles: Sequence[str], args: argparse.Na
     print(failover_table(results, profiles))
     print()
     print(split_table(results, profiles))
+    print("\noverlap moments over each whole session (restores between runs included):")
+    for result in results:
+        print(f"  {result.system:<10} {result.profile:<8} {result.session_overlap_moments:>5} moments, "
+              f"{result.session_overlap_seconds:.3f}s")  # fmt: skip
+        for line in result.session_overlaps:
+            print(f"      {line}")
     for result in results:
         if result.error:
             print(f"!! {result.system} {result.profile}: {result.error}")
