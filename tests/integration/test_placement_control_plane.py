@@ -3,8 +3,8 @@
 Each fake agent does what the control plane relies on, and nothing else (no dataplane): a keep-alive
 stream to every server, a desired-state stream to one (failing over), and reports of what it holds
 (`vips`), releasing a VIP once an instruction with a newer epoch names another holder (reported with
-that epoch). The lease TTL is 1 s, so the leader may expire a holder after 2 s (TTL + the 1 s margin
-floor) of silence at a majority of servers.
+that epoch). The lease TTL is 1 s, so the leader may expire a holder after 1.25 s (TTL + the TTL/4 margin)
+of silence at a majority of servers.
 
 Timing is asserted one way only: a VIP never moves before the holder's lease windows at a majority of
 servers have closed (measured from the last keep-alive the agent sent to each), never while a majority
@@ -27,12 +27,13 @@ import pytest
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 
+from ipvsmgr_control.placement import threshold
 from ipvsmgr_proto import v1
 
 from _support import processes as p
 
 TTL = 1.0
-EXPIRY = TTL + max(1.0, TTL / 3)  # the leader's rule: a majority silent for longer than this
+EXPIRY = threshold(TTL)  # the leader's rule: a majority silent for longer than this
 VIP = "127.0.0.80"
 KEEPALIVE = "/ipvsmgr.v1.AgentService/KeepAlive"
 

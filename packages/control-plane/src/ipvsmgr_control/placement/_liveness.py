@@ -4,9 +4,11 @@ An agent holds its VIPs only while a majority of the voting servers acknowledged
 keep-alives within the lease TTL (minus its own margin). So once a majority of voters have each
 not heard from the node for longer than the TTL, the node has dropped its addresses: two majorities
 share a server, and that server's silence ended the node's lease. The leader adds a margin on top
-for clock-rate drift between machines and for the agent's own release latency:
+for clock-rate drift between machines (parts per million: negligible) and for the agent's own release
+latency. The agent already lets go `its margin` before T (at least 0.1 T), and a guard process
+removes its addresses at that deadline even if the agent hangs, so the leader's margin can be short:
 
-    margin(ttl) = max(1 s, ttl / 3)
+    margin(ttl) = max(50 ms, ttl / 4)
     a server finds a node silent when  age > T + margin(T),  T = max(VIP group TTL, TTL that server granted)
 
 `age` is measured by each server's own monotonic clock and never counts from before that server
@@ -25,7 +27,7 @@ from typing import Any, Protocol
 from ._selection import group_selects
 
 DEFAULT_LEASE_TTL = 3.0
-MIN_MARGIN = 1.0
+MIN_MARGIN = 0.05
 
 Obj = dict[str, Any]
 
@@ -45,7 +47,7 @@ class ServerAges:
 
 
 def margin(ttl: float, min_margin: float = MIN_MARGIN) -> float:
-    return max(min_margin, ttl / 3)
+    return max(min_margin, ttl / 4)
 
 
 def threshold(ttl: float, granted: float = 0.0, min_margin: float = MIN_MARGIN) -> float:
