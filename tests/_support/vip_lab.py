@@ -11,10 +11,12 @@ Layout (all addresses in 10.199.0.0/24, only inside the lab's own namespaces; `v
 The floating VIP is 10.199.0.100, with a service on :8080 relaying to 10.199.0.60:9000. A relay connects to the
 backend from its node's own address, so the line the client reads names the load balancer that served it.
 
-The observer runs three bounded threads: a sampler reading every LB namespace's addresses and link state over
-persistent netlink sockets every 10 ms (a node holds the VIP when the address is on an interface that is up),
-an ARP capture in the client namespace (who claims the VIP, and whether one request got two answers), and a prober
-connecting from the client to VIP:8080 every 20 ms. `observe()` turns what they saw into an `Observation`.
+The observer, bounded in time, runs a sampler process reading every LB namespace's addresses and link state over
+persistent pyroute2 sockets every 10 ms (a node holds the VIP when the address is on an interface that is up; the
+process is SCHED_FIFO so that a busy machine cannot blind it for long, and `max_gap` says how blind it was), and
+two threads in the client namespace: an ARP capture (who claims the VIP, and whether one request got two answers)
+and a prober connecting to VIP:8080 every 20 ms. `observe()` turns what they saw into an `Observation`: overlap
+moments and time, failed-probe windows, black-holed probes after a heal, the holder and ARP timelines.
 
 Faults: kill -9 / SIGSTOP / SIGCONT / SIGTERM of a node's software, "node death" (every process of the node
 killed -9, then its eth0 set down), and partitions as nftables drop tables inside the namespaces, healed with
