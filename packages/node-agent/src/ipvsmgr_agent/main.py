@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
     configure_logging(config.log_format, config.log_level)
     log = structlog.get_logger("ipvsmgr_agent").bind(node=config.node_id)
+    _raise_open_files_limit()
     try:
         return asyncio.run(serve(config))
     except DataplaneUnavailable as err:
@@ -34,6 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         log.exception("agent failed", error=str(err))
         return EXIT_FAILED
+
+
+def _raise_open_files_limit() -> None:
+    """Health checks keep a connection per HTTP target; a default soft limit of 1024 would force
+    thousands of them back to a new connection per probe. The hard limit is ours to use."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def serve(config: AgentConfig) -> int:
