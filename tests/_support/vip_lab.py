@@ -1056,10 +1056,18 @@ class _Lab:
         return found
 
     def wait_serving(self, timeout: float = START_TIMEOUT) -> str:
-        """Exactly one holder, and the client served through it; returns the holder."""
-        holder = self.holder(timeout)
-        self.wait_served(time.monotonic(), via=holder, timeout=timeout)
-        return holder
+        """Exactly one holder, and the client served through it since this call; returns the holder. Whoever holds
+        when the check runs counts, so a VIP that moves meanwhile does not make this wait for the wrong node."""
+        since = time.monotonic()
+
+        def serving() -> str | None:
+            found = self.holders()
+            if len(found) != 1:
+                return None
+            (holder,) = found
+            return holder if self.observer.first_served(since, via=holder) else None
+
+        return str(wait_for(serving, timeout, f"exactly one holder of {VIP}, serving the client"))
 
     def observe(self, since: float, until: float | None = None, heal_at: float | None = None) -> Observation:
         return self.observer.observe(since, until, heal_at, t0=since)

@@ -57,6 +57,7 @@ MAX_AFTER_HEAL = 90.0  # ... or this long after the heal (keepalived's black hol
 RESTORE_SETTLE = 1.0  # after every restore, before the next fault: the restored node is a candidate again
 Lab = VipLab | KeepalivedLab
 L = TypeVar("L", VipLab, KeepalivedLab)
+T = TypeVar("T")
 
 
 @dataclass
@@ -231,25 +232,63 @@ def run_system(make: Callable[[], L], system: str, profile: str, plan: Plan, ver
     print(f"\n== {system}, profile {profile}: {plan}", flush=True)
     try:
         with make() as lab:
-            for scenario in SCENARIOS:
-                last_stop = -math.inf
-                for i in range(plan.count(scenario)):
-                    spaced = scenario == "graceful" and system == "ipvsmgr"
-                    run = failover_run(lab, scenario, last_stop + plan.spacing if spaced else 0.0)
-                    last_stop = run.at
-                    result.runs.append(run)
-                    _progress(system, profile, scenario, i, run)
-            for i in range(plan.split_runs):
-                run, obs = split_run(lab, profile)
-                result.runs.append(run)
-                _progress(system, profile, "split", i, run)
-                if verbose or (system == "ipvsmgr" and not obs.clean):
-                    print(obs.summary(), flush=True)
-            _session(result, lab)
+            try:
+                _failovers(lab, result, plan)
+                _splits(lab, result, plan, verbose)
+            finally:
+                _session(result, lab)
     except Exception as exc:  # reported in the table; the other systems and profiles still run
         result.error = f"{type(exc).__name__}: {exc}"
         print(f"!! {system} {profile} stopped: {result.error}", flush=True)
     return result
+
+
+def _failovers(lab: Lab, result: Result, plan: Plan) -> None:
+    for scenario in SCENARIOS:
+        last_stop = -math.inf
+        guard = Strikes()
+        for i in range(plan.count(scenario)):
+            spaced = scenario == "graceful" and result.system == "ipvsmgr"
+            not_before = last_stop + plan.spacing if spaced else 0.0
+            run = guard.attempt(functools.partial(failover_run, lab, scenario, not_before))
+            if run is None:
+                continue
+            last_stop = run.at
+            result.runs.append(run)
+            _progress(result.system, result.profile, scenario, i, run)
+
+
+def _splits(lab: Lab, result: Result, plan: Plan, verbose: bool) -> None:
+    guard = Strikes()
+    for i in range(plan.split_runs):
+        done = guard.attempt(functools.partial(split_run, lab, result.profile))
+        if done is None:
+            continue
+        run, obs = done
+        result.runs.append(run)
+        _progress(result.system, result.profile, "split", i, run)
+        if verbose or (result.system == "ipvsmgr" and not obs.clean):
+            print(obs.summary(), flush=True)
+
+
+class Strikes:
+    """A run that fails (the lab could not be restored in time, say) is reported and skipped; three in a row
+    stop the scenario's loop by raising the last error."""
+
+    def __init__(self, limit: int = 3) -> None:
+        self.limit, self.row = limit, 0
+
+    def attempt(self, run: Callable[[], T]) -> T | None:
+        try:
+            found = run()
+        except TimeoutError as exc:
+            self.row += 1
+            print(f"  !! run failed ({self.row} in a row): {exc}", flush=True)
+            if self.row >= self.limit:
+                raise
+            return None
+        self.row = 0
+        return found
 
 
 def _session(result: Result, lab: Lab) -> None:
