@@ -35,12 +35,12 @@ def lab(lab_for_profile: VipLab) -> VipLab:
 
     `assert_clean` checks for overlaps from the start of this restore on, so that an agent restarted here (e.g.
     one killed by the previous test) is watched too."""
-    WINDOW[lab_for_profile] = lab_for_profile.observer.mark("restore before the test")
+    RESTORED_AT[lab_for_profile] = lab_for_profile.observer.mark("restore before the test")
     lab_for_profile.restore()
     return lab_for_profile
 
 
-WINDOW: dict[VipLab, float] = {}
+RESTORED_AT: dict[VipLab, float] = {}
 
 
 def settle_time(lab: VipLab) -> float:
@@ -53,7 +53,7 @@ def assert_clean(lab: VipLab, since: float, heal_at: float | None = None) -> Obs
     really looked; with `heal_at`, no probe lost after the heal. Fails with the observation and the nodes' VIP
     log lines; returns the observation from `since`."""
     obs = lab.observe(since, heal_at=heal_at)
-    whole = lab.observer.observe(min(since, WINDOW.get(lab, since)), t0=since)
+    whole = lab.observer.observe(min(since, RESTORED_AT.get(lab, since)), t0=since)
     logs = lab.grep_logs("floating VIP", "lease", "guard", "vip placement")
     evidence = f"{obs.summary()}\n--- since the restore ---\n{whole.summary()}\n--- log lines ---\n{logs}"
     assert whole.clean, evidence
