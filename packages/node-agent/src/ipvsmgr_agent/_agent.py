@@ -51,6 +51,7 @@ class Agent:
         self._health_keys: set[ServiceKey] = set()
         self._health_wake = asyncio.Event()
         self.has_state = False
+        self._live = False  # the model came from a server in this run, not only from the cache
         self._applied = 0
         self.errors: list[str] = []
         self.cache = StateCache(config.state_dir)
@@ -145,12 +146,14 @@ class Agent:
         log = self._log.bind(revision=update.revision, server=update.server)
         kind = which(update)
         self.metrics.updates.labels(kind or "revision").inc()
+        self._live = self._live or self.has_state or kind == "full"  # what follows describes the present
         if kind == "full":
             await self._apply_full(update, log)
         elif kind == "delta":
             await self._apply_delta(update, log)
         elif self.has_state and update.revision > self.model.revision:
             self.model.revision = update.revision  # nothing changed for this node up to here
+            await self.floating.update(self.model.vips())
             self._after_apply(log)
 
     async def _apply_full(self, update: v1.StateUpdate, log: Any) -> None:
@@ -174,7 +177,8 @@ class Agent:
     async def _apply(self, keys: Collection[ServiceKey] | None, log: Any) -> None:
         """Reconcile the dataplane with the model (`keys` = only those services), then report."""
         errors = await self.reconciler.reconcile(self.model.table, self.model.addresses(), keys)
-        await self.floating.update(self.model.vips())
+        if self._live:  # a cached instruction may be long superseded: holding on it could make two holders
+            await self.floating.update(self.model.vips())
         self.has_state = True
         previous, self.errors = set(self.errors), sorted([*self.model.errors(), *errors])
         for error in sorted(set(self.errors) - previous):  # each error logged once, not on every resync

@@ -75,7 +75,20 @@ async def test_lease_loss_releases_everything_at_once() -> None:
     assert node.held() == set()
     assert {r.reason for r in node.vips.releases()} == {Reason.LEASE_LOST}
     await node.vips.set_lease(True)
+    assert node.held() == set(), "instructions from before the loss may be superseded"
+    await node.vips.set_assignments([mine(A), mine(B)])
     assert node.held() == {A, B}
+
+
+async def test_after_a_lease_loss_a_superseded_instruction_is_never_acted_on() -> None:
+    """The cut-off holder regains its lease before the stream brings the reassignment: it must wait."""
+    node = Node()
+    await node.ready(mine(A))
+    await node.vips.set_lease(False)
+    await node.vips.set_lease(True)
+    assert node.held() == set()
+    await node.vips.set_assignments([Assignment(A, "web", 9, "other")])
+    assert node.held() == set()
 
 
 async def test_track_check_failure_releases_and_recovery_retakes() -> None:
@@ -211,6 +224,7 @@ async def test_history_is_bounded() -> None:
     await vips.set_assignments([mine()])
     for _ in range(5):
         await vips.set_lease(True)
+        await vips.set_assignments([mine()])
         await vips.set_lease(False)
     assert len(vips.releases()) == 3
 

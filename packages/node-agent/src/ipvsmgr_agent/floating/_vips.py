@@ -137,6 +137,9 @@ class FloatingVips:
         self.checks_ok = True
         self.failing_checks: tuple[str, ...] = ()
         self.stopped: str | None = None
+        # After a lease loss the instructions in hand may be superseded (the leader could reassign while
+        # nobody heard this node): hold nothing until an instruction arrives with the lease held again.
+        self.stale = False
         self._lock = asyncio.Lock()
 
     def holding(self) -> dict[str, Holding]:
@@ -152,6 +155,8 @@ class FloatingVips:
     async def set_assignments(self, assignments: Iterable[Assignment]) -> None:
         """The node's full list of floating-VIP instructions as the control plane last sent it."""
         async with self._lock:
+            if self.lease_held:
+                self.stale = False
             self._instructions = accept(self._highest, self._instructions, assignments)
             for address, item in self._instructions.items():
                 self._highest[address] = max(item.epoch, self._highest.get(address, item.epoch))
@@ -159,6 +164,8 @@ class FloatingVips:
 
     async def set_lease(self, held: bool) -> None:
         async with self._lock:
+            if self.lease_held and not held:
+                self.stale = True
             self.lease_held = held
             await self._reconcile()
 
@@ -184,7 +191,8 @@ class FloatingVips:
                 await self._release(address, reason, "")
 
     async def _reconcile(self) -> None:
-        want = set() if self.stopped else wanted(self.node_id, self._instructions, self.lease_held, self.checks_ok)
+        usable = not (self.stopped or self.stale)
+        want = wanted(self.node_id, self._instructions, self.lease_held, self.checks_ok) if usable else set()
         for address in sorted(set(self._holding) - want):
             instruction = self._instructions.get(address)
             why, detail = release_reason(instruction, self.lease_held, self.checks_ok, self.failing_checks)
