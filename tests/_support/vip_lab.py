@@ -1,6 +1,7 @@
 """A network-namespace lab for floating VIPs, and an observer that counts every moment two nodes hold one.
 
-Layout (all addresses in 10.199.0.0/24, only inside the lab's own namespaces; `vl` is the default prefix):
+Layout (all addresses in 10.199.0.0/24, only inside the lab's own namespaces; the prefix is `vl`, or `vl<pid>`
+while another lab has `vl`, so that labs of different test processes can run side by side):
 
     vl-br       bridge br0 joining one veth per host below (the far end is `eth0` in the host's namespace)
     vl-cp1..3   ipvsmgr-server n1..n3        10.199.0.11-13   API :8010, Raft :8110, agents' gRPC :8210
@@ -35,6 +36,7 @@ import http.client
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -64,6 +66,7 @@ SERVICE = "web"
 FAULT_TABLE = "inet vl_faults"
 ETH_P_ARP = 0x0806
 PACKET_OUTGOING = 4
+DEFAULT_PREFIX = "vl"
 NEIGH_EVERY = 3  # sampler rounds per read of the client's neighbour table
 START_TIMEOUT = 90.0
 AGENT_LEASED = '"event": "lease held"'  # the agent's log line once a majority of servers vouch for it
@@ -140,24 +143,25 @@ def _mac(address: str) -> str:
 class LabNetwork:
     """The namespaces, the bridge and the veths; cuts as nftables drop tables; one lab per prefix at a time.
 
-    A lock file (flock, released by the kernel when the owner dies) says whether another lab with the same prefix
-    is alive; if not, namespaces left by a lab that died are swept before building.
+    The prefix is reserved when the network is made (a lock file, flock: the kernel releases it when the owner
+    dies), so namespaces found with a reserved prefix, or with the prefix of a process that is gone, were left by
+    a lab that died and are swept before building. `teardown` releases the prefix.
     """
 
-    def __init__(self, prefix: str = "vl") -> None:
-        self.prefix = prefix
-        self.bridge_ns = f"{prefix}-br"
+    def __init__(self, prefix: str | None = None) -> None:
+        self.prefix, lock = claim_prefix(prefix)
+        self._lock: IO[bytes] | None = lock
+        self.bridge_ns = f"{self.prefix}-br"
         self.hosts: dict[str, Host] = {}
         for i, name in enumerate(SERVERS, 1):
-            self._host(name, f"{prefix}-cp{i}", f"{SUBNET}.{10 + i}")
+            self._host(name, f"{self.prefix}-cp{i}", f"{SUBNET}.{10 + i}")
         for i, name in enumerate(LBS, 1):
-            self._host(name, f"{prefix}-{name}", f"{SUBNET}.{20 + i}")
-        self._host("client", f"{prefix}-client", f"{SUBNET}.50")
-        self._host("be", f"{prefix}-be", f"{SUBNET}.60")
+            self._host(name, f"{self.prefix}-{name}", f"{SUBNET}.{20 + i}")
+        self._host("client", f"{self.prefix}-client", f"{SUBNET}.50")
+        self._host("be", f"{self.prefix}-be", f"{SUBNET}.60")
         self.created: list[str] = []
         self.cuts: set[frozenset[str]] = set()
         self._applied: dict[str, frozenset[str]] = {}
-        self._lock: IO[bytes] | None = None
 
     def _host(self, name: str, netns: str, address: str) -> None:
         self.hosts[name] = Host(name, netns, address, _mac(address))
@@ -175,7 +179,8 @@ class LabNetwork:
     # -- building and tearing down
 
     def build(self) -> None:
-        self._take_lock()
+        if self._lock is None:
+            raise RuntimeError("this lab network was torn down; make a new one")
         self._sweep_stale()
         self._add_netns(self.bridge_ns)
         sh("ip", "-n", self.bridge_ns, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
@@ -183,21 +188,14 @@ class LabNetwork:
         for host in self.hosts.values():
             self._add_host(host)
 
-    def _take_lock(self) -> None:
-        path = Path(f"/tmp/ipvsmgr-vip-lab-{self.prefix}.lock")
-        handle = path.open("ab")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise RuntimeError(f"another VIP lab with prefix {self.prefix!r} is running (lock {path})") from None
-        self._lock = handle
-
     def _sweep_stale(self) -> None:
-        """Namespaces with our names while we hold the lock were left by a lab that died: stop what runs there."""
-        existing = set(sh("ip", "netns", "list").split())
-        for netns in self.namespaces:
-            if netns in existing:
+        """Stop what runs in namespaces left by dead labs (ours by name, or a gone process's), and delete them."""
+        for netns in sh("ip", "netns", "list").split():
+            owner = re.match(rf"^{re.escape(DEFAULT_PREFIX)}(\d*)-", netns)
+            if owner is None:
+                continue
+            mine = netns.startswith(f"{self.prefix}-")
+            if mine or (owner.group(1) and not _pid_exists(int(owner.group(1)))):
                 print(f"!! removing namespace {netns} left by an earlier lab", file=sys.stderr)
                 kill_namespace(netns)
                 sh("ip", "netns", "del", netns, check=False)
@@ -266,6 +264,29 @@ class LabNetwork:
             )
         sh("ip", "netns", "exec", self.hosts[host].netns, "nft", "-f", "-", stdin=script)
         self._applied[host] = peers
+
+
+def claim_prefix(wanted: str | None) -> tuple[str, IO[bytes]]:
+    """Reserve a namespace prefix for one lab: `wanted`, or `vl` if free, else `vl<pid>`; with its held lock."""
+    for prefix in [wanted] if wanted else [DEFAULT_PREFIX, f"{DEFAULT_PREFIX}{os.getpid()}"]:
+        handle = Path(f"/tmp/ipvsmgr-vip-lab-{prefix}.lock").open("ab")  # noqa: SIM115 - held for the lab's life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        return prefix, handle
+    raise RuntimeError(f"another VIP lab with prefix {wanted!r} is running")
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def namespace_pids(netns: str) -> list[int]:
@@ -924,7 +945,7 @@ class _Lab:
 
     kind = "lab"
 
-    def __init__(self, workdir: Path, profile: Profile, prefix: str, observe: bool) -> None:
+    def __init__(self, workdir: Path, profile: Profile, prefix: str | None, observe: bool) -> None:
         self.workdir, self.profile = workdir, profile
         workdir.mkdir(parents=True, exist_ok=True)
         self.net = LabNetwork(prefix)
@@ -1090,7 +1111,7 @@ class VipLab(_Lab):
 
     kind = "ipvsmgr lab"
 
-    def __init__(self, workdir: Path, profile: str | Profile = "default", *, prefix: str = "vl",
+    def __init__(self, workdir: Path, profile: str | Profile = "default", *, prefix: str | None = None,
                  agent_args: Sequence[str] = (), server_args: Sequence[str] = (), nonlocal_bind: bool = False,
                  observe: bool = True) -> None:  # fmt: skip
         chosen = PROFILES[profile] if isinstance(profile, str) else profile
@@ -1328,7 +1349,7 @@ class KeepalivedLab(_Lab):
 
     kind = "keepalived lab"
 
-    def __init__(self, workdir: Path, profile: str | Profile = "default", *, prefix: str = "vl",
+    def __init__(self, workdir: Path, profile: str | Profile = "default", *, prefix: str | None = None,
                  observe: bool = True) -> None:  # fmt: skip
         chosen = PROFILES[profile] if isinstance(profile, str) else profile
         super().__init__(workdir, chosen, prefix, observe)
