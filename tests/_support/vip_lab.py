@@ -575,7 +575,8 @@ class Observation:
     served_by: dict[str, int]
     heal_at: float | None = None
     failed_after_heal: int = 0
-    blackhole_seconds: float = 0.0
+    blackholed_after_heal: int = 0  # of those, failed while exactly one node held the VIP: the client's ARP was stale
+    blackhole_seconds: float = 0.0  # from the heal to the end of the last black-holed probe
     marks: list[tuple[float, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -604,7 +605,8 @@ class Observation:
         lines += [f"  failed probes {self.t(w.start)}..{self.t(w.end)} x{w.count}" for w in self.failed]
         if self.heal_at is not None:
             lines.append(f"  after heal ({self.t(self.heal_at)}): {self.failed_after_heal} failed probes, "
-                         f"black-holed for {self.blackhole_seconds:.3f}s")  # fmt: skip
+                         f"{self.blackholed_after_heal} of them while one node held the VIP (black-holed for "
+                         f"{self.blackhole_seconds:.3f}s)")  # fmt: skip
         lines += [f"  OBSERVER ERROR {e}" for e in self.errors]
         return "\n".join(lines)
 
@@ -849,8 +851,9 @@ class Observer:
         )  # fmt: skip
         if heal_at is not None:
             after = [p for p in probes if p.start >= heal_at and not p.ok]
-            result.heal_at, result.failed_after_heal = heal_at, len(after)
-            result.blackhole_seconds = max((p.end for p in after), default=heal_at) - heal_at
+            held = [p for p in after if len(self.holders_at(p.start)) == 1]
+            result.heal_at, result.failed_after_heal, result.blackholed_after_heal = heal_at, len(after), len(held)
+            result.blackhole_seconds = max((p.end for p in held), default=heal_at) - heal_at
         return result
 
     def _changes_in(self, since: float, until: float) -> list[HolderChange]:

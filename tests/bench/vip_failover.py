@@ -17,8 +17,9 @@ for each system, with the client probing VIP:8080 every 20 ms:
     split        the holder loses sight of the other load balancers (and, for ipvsmgr, of the control-plane
                  majority: it keeps only the leader) while the client still reaches every node, for 5 s (default)
                  or 2 s (fast), then the cut heals: how long two nodes held the VIP at once, how many probes failed
-                 during the cut, and how many failed after the heal and for how long (a client whose ARP entry
-                 points at a node that gave the VIP up is black-holed)
+                 during the cut and after the heal, and how many of the latter were black-holed: failed while
+                 exactly one node held the VIP (the client's ARP entry still pointed at a node that gave it up),
+                 as opposed to failed while no node held it
 
 Every run also counts the observer's overlap moments (sampled every ~10 ms), and so does each whole session,
 restores between runs included: they must be 0 for ipvsmgr (the exit status is 1 otherwise). Times are
@@ -71,6 +72,7 @@ class Run:
     overlap_moments: int
     overlap_seconds: float
     failed_after_heal: int = 0
+    blackholed_after_heal: int = 0
     blackhole_seconds: float = 0.0
     failed_during_cut: int = 0
     timeline: str = ""
@@ -137,8 +139,8 @@ def failover_table(results: Sequence[Result], profiles: Sequence[str]) -> str:
 
 def split_table(results: Sequence[Result], profiles: Sequence[str]) -> str:
     head = f"{'split brain':<11} {'profile':<8} {'system':<10} {'n':>3} {'cut s':>5}  {'both held s (mean/max)':>22}  "
-    head += f"{'runs with overlap':>17}  {'lost during cut':>15}  {'lost after heal (runs/probes)':>29}  "
-    head += f"{'black hole s (max)':>18}"
+    head += f"{'runs with overlap':>17}  {'lost during cut':>15}  {'lost after heal':>15}  "
+    head += f"{'black-holed (runs/probes)':>25}  {'black hole s (max)':>18}"
     lines = [head, "-" * len(head)]
     for profile in profiles:
         for system in ("ipvsmgr", "keepalived"):
@@ -147,12 +149,13 @@ def split_table(results: Sequence[Result], profiles: Sequence[str]) -> str:
             if not runs:
                 continue
             both = [r.overlap_seconds for r in runs]
-            lost_runs = sum(r.failed_after_heal > 0 for r in runs)
-            lost = sum(r.failed_after_heal for r in runs)
+            holed_runs = sum(r.blackholed_after_heal > 0 for r in runs)
+            holed = sum(r.blackholed_after_heal for r in runs)
             lines.append(
                 f"{'':<11} {profile:<8} {system:<10} {len(runs):>3} {CUT_SECONDS[profile]:>5.1f}  "
                 f"{statistics.mean(both):>10.3f} / {max(both):<9.3f}  {sum(b > 0 for b in both):>17}  "
-                f"{sum(r.failed_during_cut for r in runs):>15}  {f'{lost_runs} / {lost}':>29}  "
+                f"{sum(r.failed_during_cut for r in runs):>15}  {sum(r.failed_after_heal for r in runs):>15}  "
+                f"{f'{holed_runs} / {holed}':>25}  "
                 f"{max(r.blackhole_seconds for r in runs):>18.3f}"
             )
     return "\n".join(lines)
@@ -201,7 +204,7 @@ def split_run(lab: Lab, profile: str) -> tuple[Run, Observation]:
     during = sum(1 for p in lab.observer.probes if start <= p.start < heal and not p.ok)
     timeline = ", ".join(f"{c.at - start:+.2f}s {'+'.join(sorted(c.holders)) or 'none'}" for c in obs.holders)
     run = Run("split", holder, None, others[0].lb if others else None, obs.overlap_rounds, obs.overlap_seconds,
-              obs.failed_after_heal, obs.blackhole_seconds, during, timeline)  # fmt: skip
+              obs.failed_after_heal, obs.blackholed_after_heal, obs.blackhole_seconds, during, timeline)  # fmt: skip
     return run, obs
 
 
@@ -305,7 +308,7 @@ def _progress(system: str, profile: str, scenario: str, i: int, run: Run) -> Non
     extra = f" overlap {run.overlap_moments} ({run.overlap_seconds:.3f}s)" if run.overlap_moments else ""
     if scenario == "split":
         took = f"lost during the cut {run.failed_during_cut}, after the heal {run.failed_after_heal} "
-        took += f"({run.blackhole_seconds:.2f}s); holders {run.timeline}"
+        took += f"(black-holed {run.blackholed_after_heal}, {run.blackhole_seconds:.2f}s); holders {run.timeline}"
     print(f"  {system:<10} {profile:<7} {scenario:<10} #{i + 1:<3} {run.holder} -> {run.new_holder}: {took}{extra}"
           f"{' ' + run.note if run.note else ''}", flush=True)  # fmt: skip
 
