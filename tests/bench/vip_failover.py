@@ -35,6 +35,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -344,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="logs and data (default: a temporary dir)")
     parser.add_argument("--verbose", action="store_true", help="print the observation of every split run")
     args = parser.parse_args(argv)
+    # SIGTERM (e.g. from `timeout`) unwinds like ^C, so every lab still stops its processes and deletes its namespaces.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
     if unknown := [p for p in profiles if p not in PROFILES]:
         parser.error(f"unknown profile(s) {unknown}; choose from {sorted(PROFILES)}")
