@@ -576,7 +576,7 @@ class Observation:
     heal_at: float | None = None
     failed_after_heal: int = 0
     blackholed_after_heal: int = 0  # of those, failed while exactly one node held the VIP: the client's ARP was stale
-    blackhole_seconds: float = 0.0  # from the heal to the end of the last black-holed probe
+    blackhole_seconds: float = 0.0  # how long the black-holed probes' windows lasted, in all
     marks: list[tuple[float, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -853,7 +853,7 @@ class Observer:
             after = [p for p in probes if p.start >= heal_at and not p.ok]
             held = [p for p in after if len(self.holders_at(p.start)) == 1]
             result.heal_at, result.failed_after_heal, result.blackholed_after_heal = heal_at, len(after), len(held)
-            result.blackhole_seconds = max((p.end for p in held), default=heal_at) - heal_at
+            result.blackhole_seconds = sum(w.end - w.start for w in failure_windows(held))
         return result
 
     def _changes_in(self, since: float, until: float) -> list[HolderChange]:
